@@ -1,0 +1,57 @@
+"""One owner for forward hooks: registered on entry, removed on exit (also on error).
+
+Hooks record only the forward passes of the thread that opened the context,
+so requests sharing one loaded model in several threads never see each
+other's tensors.
+"""
+
+import threading
+
+import torch
+from torch import nn
+
+
+class ForwardRecorder:
+    """Record the outputs of named submodules during forwards inside ``with``.
+
+    ``keep_graph`` names whose outputs are kept attached to autograd (for
+    gradients later); all others are detached at once.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], keep_graph: set[str] = frozenset()):
+        self.modules = modules
+        self.keep_graph = set(keep_graph)
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+        self._thread = None
+
+    def _hook(self, name: str):
+        def record(module, inputs, output):
+            if threading.get_ident() != self._thread:
+                return
+            self.outputs[name] = output if name in self.keep_graph else output.detach()
+        return record
+
+    def __enter__(self) -> "ForwardRecorder":
+        self._thread = threading.get_ident()
+        try:
+            for name, module in self.modules.items():
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def hook_count(model: nn.Module) -> int:
+    """Forward, pre-forward and backward hooks currently on ``model``'s modules."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules())

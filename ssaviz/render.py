@@ -1,0 +1,234 @@
+"""Turn maps into pictures: overlays, colour scales with legends, channel plots, grids.
+
+Maps are upsampled to the size of the image they are drawn on, which keeps
+the photo's aspect ratio (the network saw the whole image). The colour scale
+is chosen per map, per stage (shared by the models compared) or shared by
+all maps of a kind, so maps of different models can be compared honestly.
+"""
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .explain import Explanation, ModelResult
+from .resnet import STAGES
+
+SCALE_MODES = {
+    "map": "each map its own range",
+    "stage": "one range per stage, shared by the models",
+    "shared": "one range for every map of this kind",
+}
+MAP_KINDS = {"cam": "CAM", "spatial": "spatial attention", "activation": "activation (channel mean)"}
+COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "coolwarm", "gray")
+
+
+@lru_cache(maxsize=32)
+def colormap_lut(name: str) -> np.ndarray:
+    """(256, 3) uint8 lookup table of a matplotlib colormap."""
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(f"unknown colormap {name!r}") from None
+    return cmap(np.linspace(0.0, 1.0, 256), bytes=True)[:, :3]
+
+
+@lru_cache(maxsize=8)
+def font(size: int = 14) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def upsample(map2d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an (h, w) map to ``size`` = (width, height)."""
+    img = Image.fromarray(np.ascontiguousarray(map2d, dtype=np.float32), mode="F")
+    return np.asarray(img.resize(size, Image.BILINEAR), dtype=np.float32)
+
+
+def normalise(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    span = hi - lo
+    if not np.isfinite(span) or span <= 1e-12:
+        return np.zeros_like(values, dtype=np.float32)
+    return np.clip((values - lo) / span, 0.0, 1.0)
+
+
+def colorize(map2d: np.ndarray, lo: float, hi: float, cmap: str = "jet") -> np.ndarray:
+    idx = (normalise(map2d, lo, hi) * 255.0 + 0.5).astype(np.uint8)
+    return colormap_lut(cmap)[idx]
+
+
+def overlay(image: Image.Image, map2d: np.ndarray, lo: float, hi: float,
+            cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
+    """``map2d`` upsampled to ``image``'s size, coloured on [lo, hi] and blended with opacity ``alpha``."""
+    heat = colorize(upsample(map2d, image.size), lo, hi, cmap).astype(np.float32)
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    blended = (1.0 - alpha) * base + alpha * heat
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def colorbar(lo: float, hi: float, cmap: str = "jet", width: int = 256, height: int = 12,
+             label: str = "") -> Image.Image:
+    """A horizontal legend: the colour ramp with its end values."""
+    ramp = colormap_lut(cmap)[np.linspace(0, 255, width).astype(np.uint8)]
+    bar = Image.fromarray(np.repeat(ramp[None], height, axis=0), "RGB")
+    f = font(12)
+    out = Image.new("RGB", (width, height + 16), "white")
+    out.paste(bar, (0, 0))
+    draw = ImageDraw.Draw(out)
+    draw.text((0, height + 1), _fmt(lo), fill="black", font=f)
+    right = _fmt(hi)
+    draw.text((width - draw.textlength(right, font=f), height + 1), right, fill="black", font=f)
+    if label:
+        draw.text(((width - draw.textlength(label, font=f)) / 2, height + 1), label, fill="#555", font=f)
+    return out
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+
+
+def shown_map(result: ModelResult, kind: str, stage: str) -> tuple[np.ndarray | None, str]:
+    """The map drawn for (kind, stage) and its caption; models with no spatial attention show activations."""
+    if kind == "spatial" and not result.has_spatial:
+        return result.stage_map("activation", stage), "no spatial attention: activation shown"
+    return result.stage_map(kind, stage), MAP_KINDS[kind]
+
+
+def color_ranges(expl: Explanation, kind: str, mode: str = "map",
+                 stages: tuple[str, ...] = STAGES) -> dict[tuple[str, str], tuple[float, float]]:
+    """(model, stage) -> (lo, hi) for ``kind`` maps under scale ``mode`` (see SCALE_MODES).
+
+    Shared ranges only pool maps of the same meaning: a model shown with its
+    activation map (no spatial attention) keeps its own range.
+    """
+    if mode not in SCALE_MODES:
+        raise ValueError(f"unknown scale mode {mode!r}; choose one of {', '.join(SCALE_MODES)}")
+    maps = {}
+    for r in expl.models:
+        for s in stages:
+            m, caption = shown_map(r, kind, s)
+            if m is not None:
+                maps[(r.name, s)] = (m, caption == MAP_KINDS[kind])
+    own = {k: (float(m.min()), float(m.max())) for k, (m, _) in maps.items()}
+    if mode == "map":
+        return own
+    pooled: dict = {}
+    for (name, s), (m, poolable) in maps.items():
+        if not poolable:
+            continue
+        group = s if mode == "stage" else "all"
+        lo, hi = pooled.get(group, (np.inf, -np.inf))
+        pooled[group] = (min(lo, float(m.min())), max(hi, float(m.max())))
+    return {(name, s): pooled[s if mode == "stage" else "all"] if poolable else own[(name, s)]
+            for (name, s), (m, poolable) in maps.items()}
+
+
+def render_overlays(expl: Explanation, kind: str, stages: tuple[str, ...] = STAGES,
+                    cmap: str = "jet", alpha: float = 0.5, mode: str = "map",
+                    image: Image.Image | None = None) -> dict[tuple[str, str], Image.Image]:
+    """(model, stage) -> overlay on ``image`` (default: the explained image, full resolution)."""
+    base = image or expl.image
+    ranges = color_ranges(expl, kind, mode, stages)
+    out = {}
+    for r in expl.models:
+        for s in stages:
+            m, _ = shown_map(r, kind, s)
+            if m is not None:
+                out[(r.name, s)] = overlay(base, m, *ranges[(r.name, s)], cmap=cmap, alpha=alpha)
+    return out
+
+
+def channel_plot(result: ModelResult, stages: tuple[str, ...] = STAGES, width_px: int = 900,
+                 height_px: int = 260) -> Image.Image | None:
+    """Channel weights of every block, one panel per stage, sorted high to low. None if the model has none."""
+    if not result.has_channel:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from .layers import attention_spec
+
+    spec = attention_spec(result.attention)
+    what = {"se": "SE excitation s", "cbam": "CBAM channel attention", "ssa": "SSA squeeze seW = GAP(X)"}
+    dpi = 100
+    fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, layout="constrained")
+    axes = fig.subplots(1, len(stages), squeeze=False)[0]
+    for ax, stage in zip(axes, stages):
+        blocks = result.blocks[stage]
+        for i, block in enumerate(blocks):
+            values = np.sort(block.channel)[::-1]
+            ax.plot(np.arange(values.size), values, lw=1.2, alpha=0.5 + 0.5 * (i + 1) / len(blocks),
+                    label=f"block {i}")
+        if spec.channel_is_gate:
+            ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{stage} ({blocks[-1].shape[0]} ch)", fontsize=9)
+        ax.set_xlabel("channel, sorted", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel(what.get(result.attention, "channel weight"), fontsize=8)
+    axes[-1].legend(fontsize=6, loc="upper right")
+    fig.suptitle(f"{result.name}: {what.get(result.attention, '')}", fontsize=10)
+    return figure_to_image(fig)
+
+
+def figure_to_image(fig) -> Image.Image:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy(), "RGB")
+
+
+def render_grid(expl: Explanation, kind: str = "cam", stages: tuple[str, ...] = STAGES,
+                cmap: str = "jet", alpha: float = 0.5, mode: str = "map", cell: int = 256) -> Image.Image:
+    """One row per model, one column per stage (plus the input), each cell with its colour legend."""
+    from .images import display_copy
+
+    small = display_copy(expl.image, cell)
+    cw, ch = small.size
+    overlays = render_overlays(expl, kind, stages, cmap, alpha, mode, image=small)
+    ranges = color_ranges(expl, kind, mode, stages)
+    label_w, head_h, legend_h, pad = 190, 26, 30, 8
+    cols = len(stages) + 1
+    W = label_w + cols * (cw + pad) + pad
+    H = head_h + len(expl.models) * (ch + legend_h + pad) + pad
+    grid = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(grid)
+    f, fb = font(13), font(15)
+    title = f"{MAP_KINDS[kind]} · {expl.cam_method if kind == 'cam' else ''} · scale: {mode}"
+    draw.text((pad, 5), title.replace(" ·  ·", " ·"), fill="black", font=fb)
+    for j, s in enumerate(("input",) + tuple(stages)):
+        x = label_w + j * (cw + pad) + pad
+        draw.text((x, 5 if j else 5), s if j else "", fill="black", font=fb)
+        if j:
+            draw.text((x + draw.textlength(s, font=fb) + 6, 7), _shape_text(expl.models[0], s), fill="#666", font=f)
+    for i, r in enumerate(expl.models):
+        y = head_h + i * (ch + legend_h + pad) + pad
+        top = r.predictions[0]
+        lines = [r.name, r.title, f"top-1: {top.name}", f"p = {top.prob:.3f}"]
+        if kind == "cam":
+            lines.append(f"target: {r.target.name}")
+        if kind == "spatial" and not r.has_spatial:
+            lines.append("no spatial attention:")
+            lines.append("activation map shown")
+        for k, line in enumerate(lines):
+            draw.text((pad, y + k * 17), line[:26], fill="black" if k == 0 else "#333", font=fb if k == 0 else f)
+        grid.paste(small, (label_w + pad, y))
+        for j, s in enumerate(stages, start=1):
+            x = label_w + j * (cw + pad) + pad
+            if (r.name, s) in overlays:
+                grid.paste(overlays[(r.name, s)], (x, y))
+                lo, hi = ranges[(r.name, s)]
+                grid.paste(colorbar(lo, hi, cmap, width=cw, height=10), (x, y + ch + 2))
+            else:
+                draw.rectangle((x, y, x + cw - 1, y + ch - 1), fill="#eee")
+                draw.text((x + 8, y + ch // 2), "no map", fill="#888", font=f)
+    return grid
+
+
+def _shape_text(result: ModelResult, stage: str) -> str:
+    c, h, w = result.blocks[stage][-1].shape
+    return f"{c}x{h}x{w}"
