@@ -33,6 +33,7 @@ class ModelCard:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     architecture: str = "resnet"
+    family: str = ""  # the zoo groups models by this (default: the dataset)
     recipe: dict = field(default_factory=dict)
     accuracy: dict = field(default_factory=dict)  # {"top1", "top5", "n", "data"}
     parameters: int | None = None

@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    return []
+    from . import train
+
+    return [train.register_cli]
 
 
 def main(argv: list[str] | None = None) -> int:

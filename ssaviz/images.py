@@ -26,6 +26,13 @@ SUPPORTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 Image.MAX_IMAGE_PIXELS = max(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or 0)
 
 
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_image(data: bytes) -> bool:
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
 def _read_bytes(source, max_bytes: int) -> bytes:
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
@@ -85,6 +92,8 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image | np.n
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = Image.open(io.BytesIO(data), formats=FORMATS)
         except UnidentifiedImageError:
+            if _looks_like_image(data):
+                raise ImageError("the image is damaged: its header cannot be read") from None
             raise ImageError(f"this file is not an image this app can read ({SUPPORTED})") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(f"the image has more than {max_pixels / 1e6:.0f} million pixels") from None

@@ -183,49 +183,74 @@ def figure_to_image(fig) -> Image.Image:
 
 
 def render_grid(expl: Explanation, kind: str = "cam", stages: tuple[str, ...] = STAGES,
-                cmap: str = "jet", alpha: float = 0.5, mode: str = "map", cell: int = 256) -> Image.Image:
-    """One row per model, one column per stage (plus the input), each cell with its colour legend."""
+                cmap: str = "jet", alpha: float = 0.5, mode: str = "map", cell: int = 256,
+                models_as_columns: bool = False, base: Image.Image | None = None) -> Image.Image:
+    """A grid of overlays, models by stages, each cell with its colour legend.
+
+    Default: one row per model (with its prediction) and one column per stage,
+    after the input. ``models_as_columns`` turns it round for side-by-side
+    viewing. ``base`` is the display copy of the image, if one is at hand.
+    """
     from .images import display_copy
 
-    small = display_copy(expl.image, cell)
+    small = base if base is not None and max(base.size) <= cell else display_copy(expl.image, cell)
     cw, ch = small.size
     overlays = render_overlays(expl, kind, stages, cmap, alpha, mode, image=small)
     ranges = color_ranges(expl, kind, mode, stages)
-    label_w, head_h, legend_h, pad = 190, 26, 30, 8
-    cols = len(stages) + 1
-    W = label_w + cols * (cw + pad) + pad
-    H = head_h + len(expl.models) * (ch + legend_h + pad) + pad
+    f, fb = font(13), font(15)
+    legend_h, pad = 30, 8
+    models = expl.models
+    if models_as_columns:
+        label_w, head_h = 110, 92
+        rows, cols = ["input", *stages], models
+    else:
+        label_w, head_h = 190, 26
+        rows, cols = models, ["input", *stages]
+    W = label_w + len(cols) * (cw + pad) + pad
+    H = head_h + len(rows) * (ch + legend_h + pad) + pad
     grid = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(grid)
-    f, fb = font(13), font(15)
-    title = f"{MAP_KINDS[kind]} · {expl.cam_method if kind == 'cam' else ''} · scale: {mode}"
-    draw.text((pad, 5), title.replace(" ·  ·", " ·"), fill="black", font=fb)
-    for j, s in enumerate(("input",) + tuple(stages)):
-        x = label_w + j * (cw + pad) + pad
-        draw.text((x, 5 if j else 5), s if j else "", fill="black", font=fb)
-        if j:
-            draw.text((x + draw.textlength(s, font=fb) + 6, 7), _shape_text(expl.models[0], s), fill="#666", font=f)
-    for i, r in enumerate(expl.models):
-        y = head_h + i * (ch + legend_h + pad) + pad
+
+    def model_lines(r: ModelResult) -> list[str]:
         top = r.predictions[0]
-        lines = [r.name, r.title, f"top-1: {top.name}", f"p = {top.prob:.3f}"]
+        lines = [r.name, r.title, f"top-1: {top.name} ({top.prob:.2f})"]
         if kind == "cam":
-            lines.append(f"target: {r.target.name}")
+            lines.append(f"{expl.cam_method} for: {r.target.name}")
         if kind == "spatial" and not r.has_spatial:
-            lines.append("no spatial attention:")
-            lines.append("activation map shown")
+            lines.append("no spatial attention:" if not models_as_columns else "no spatial attention,")
+            lines.append("activation map shown" if not models_as_columns else "activation shown")
+        return lines
+
+    def stage_label(s: str) -> list[str]:
+        return [s] if s == "input" else [s, _shape_text(models[0], s)]
+
+    def draw_lines(x: int, y: int, lines: list[str], width: int) -> None:
         for k, line in enumerate(lines):
-            draw.text((pad, y + k * 17), line[:26], fill="black" if k == 0 else "#333", font=fb if k == 0 else f)
-        grid.paste(small, (label_w + pad, y))
-        for j, s in enumerate(stages, start=1):
+            while line and draw.textlength(line, font=fb if k == 0 else f) > width:
+                line = line[:-1]
+            draw.text((x, y + k * 17), line, fill="black" if k == 0 else "#444", font=fb if k == 0 else f)
+
+    for j, c in enumerate(cols):
+        x = label_w + j * (cw + pad) + pad
+        draw_lines(x, 5, model_lines(c) if models_as_columns else stage_label(c), cw)
+    for i, r_key in enumerate(rows):
+        y = head_h + i * (ch + legend_h + pad) + pad
+        draw_lines(pad, y, stage_label(r_key) if models_as_columns else model_lines(r_key), label_w - pad)
+        for j, c_key in enumerate(cols):
             x = label_w + j * (cw + pad) + pad
-            if (r.name, s) in overlays:
-                grid.paste(overlays[(r.name, s)], (x, y))
-                lo, hi = ranges[(r.name, s)]
+            model, stage = (c_key, r_key) if models_as_columns else (r_key, c_key)
+            if stage == "input":
+                grid.paste(small, (x, y))
+            elif (model.name, stage) in overlays:
+                grid.paste(overlays[(model.name, stage)], (x, y))
+                lo, hi = ranges[(model.name, stage)]
                 grid.paste(colorbar(lo, hi, cmap, width=cw, height=10), (x, y + ch + 2))
             else:
                 draw.rectangle((x, y, x + cw - 1, y + ch - 1), fill="#eee")
                 draw.text((x + 8, y + ch // 2), "no map", fill="#888", font=f)
+    title = f"{MAP_KINDS[kind]}{' (' + expl.cam_method + ')' if kind == 'cam' else ''} · colour scale: {mode}"
+    if models_as_columns:
+        draw_lines(pad, 5, [title[:40]], label_w - pad)
     return grid
 
 

@@ -26,7 +26,8 @@ ONLINE_FAMILY = "imagenet-1k"
 
 
 def checkpoint_dirs() -> list[Path]:
-    dirs = [PACKAGE_CHECKPOINTS]
+    """``checkpoints/`` beside the package (unless SSAVIZ_BUNDLED=0), then $SSAVIZ_CHECKPOINTS."""
+    dirs = [] if os.environ.get("SSAVIZ_BUNDLED", "1") == "0" else [PACKAGE_CHECKPOINTS]
     extra = os.environ.get("SSAVIZ_CHECKPOINTS")
     if extra:
         dirs += [Path(p) for p in extra.split(os.pathsep) if p]
@@ -98,7 +99,7 @@ class Zoo:
 
 
 def _family_key(card: ModelCard) -> tuple:
-    return card.dataset, tuple(card.class_ids)
+    return card.family or card.dataset, tuple(card.class_ids)
 
 
 def discover(dirs: list[Path] | None = None, include_online: bool = True) -> Zoo:
@@ -131,9 +132,9 @@ def discover(dirs: list[Path] | None = None, include_online: bool = True) -> Zoo
         key = _family_key(card)
         if key not in family_names:
             taken = set(family_names.values())
-            name = card.dataset
+            name = card.family or card.dataset
             if name in taken:
-                name = f"{card.dataset}-{len(card.class_ids)}cls"
+                name = f"{name}-{len(card.class_ids)}cls"
             while name in taken:
                 name += "'"
             family_names[key] = name

@@ -1,0 +1,299 @@
+"""Everything the web app does, as plain Python: compare, re-render, teach, list the zoo.
+
+The app only wires widgets to a ``Service``. A compare request runs each
+model once and stores the result in a bounded LRU cache; changing the stage,
+colormap, opacity or colour-scale mode re-renders from that cache without
+running any model.
+"""
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .capture import model_calls
+from .cams import CAM_TITLES
+from .device import describe, resolve_device
+from .errors import SsavizError
+from .explain import Explanation, explain_image
+from .images import display_copy, load_image
+from .layers import attention_spec
+from .render import channel_plot, render_grid, render_overlays
+from .resnet import STAGES
+from .zoo import ModelStore, Zoo, discover
+
+log = logging.getLogger(__name__)
+
+CACHE_SIZE = 32
+DISPLAY_LONG_SIDE = 640
+ALL_STAGES = "all"
+
+
+@dataclass
+class CompareView:
+    cam_grid: Image.Image
+    attention_grid: Image.Image
+    channels: Image.Image | None
+    gallery: list[tuple[Image.Image, str]]
+    predictions: dict
+    table: str  # Markdown: top-5 per model, side by side
+
+
+@dataclass
+class CachedResult:
+    explanation: Explanation
+    display: Image.Image  # the image at display size, overlays are drawn on it
+    channel_plots: dict[str, Image.Image | None] = field(default_factory=dict)
+
+
+class ResultCache:
+    """Least-recently-used results of compare requests, at most ``capacity``."""
+
+    def __init__(self, capacity: int = CACHE_SIZE):
+        self.capacity = capacity
+        self._items: OrderedDict[str, CachedResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> CachedResult | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: str, item: CachedResult) -> None:
+        with self._lock:
+            self._items[key] = item
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+def _stages(stage: str | None) -> tuple[str, ...]:
+    if not stage or stage == ALL_STAGES:
+        return STAGES
+    if stage not in STAGES:
+        raise SsavizError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)} or all")
+    return (stage,)
+
+
+class Service:
+    def __init__(self, zoo: Zoo | None = None, device: str | None = None, cache_size: int = CACHE_SIZE):
+        self.zoo = zoo if zoo is not None else discover()
+        self.device = resolve_device(device)
+        self.store = ModelStore(self.zoo, self.device)
+        self.cache = ResultCache(cache_size)
+
+    # ---- choices for the controls -------------------------------------------------
+    def families(self) -> list[str]:
+        local = self.zoo.local_families()
+        return local + [f for f in self.zoo.families() if f not in local]
+
+    def default_family(self) -> str | None:
+        fams = self.families()
+        return fams[0] if fams else None
+
+    def model_names(self, family: str) -> list[str]:
+        return [e.name for e in self.zoo.family(family)] if family else []
+
+    def class_choices(self, family: str) -> list[str]:
+        if not family:
+            return []
+        card = self.zoo.family(family)[0].card
+        return [f"{name} ({cid})" for cid, name in zip(card.class_ids, card.class_names)]
+
+    def target_index(self, family: str, choice: str | None) -> int | None:
+        if not choice or choice == "predicted class":
+            return None
+        choices = self.class_choices(family)
+        if choice not in choices:
+            raise SsavizError(f"unknown target class {choice!r} for {family}")
+        return choices.index(choice)
+
+    def device_note(self) -> str:
+        return describe(self.device)
+
+    # ---- compare ------------------------------------------------------------------
+    def compare(self, image_source, family: str | None = None, models: list[str] | None = None,
+                cam: str = "gradcam", target: str | None = None, progress=None) -> tuple[str, CachedResult]:
+        """Run the comparison and cache it; returns (cache key, result)."""
+        image = load_image(image_source)
+        family = family or self.default_family()
+        if family is None:
+            raise SsavizError("the zoo is empty: add checkpoints to checkpoints/ or $SSAVIZ_CHECKPOINTS")
+        names = self.model_names(family)
+        chosen = [m for m in (models or names) if m]
+        unknown = [m for m in chosen if m not in names]
+        if unknown:
+            raise SsavizError(f"{', '.join(unknown)} not in family {family}")
+        if not chosen:
+            raise SsavizError("pick at least one model to compare")
+        target_index = self.target_index(family, target)
+        digest = hashlib.sha1(image.tobytes()).hexdigest()[:16]
+        key = f"{digest}:{image.size}:{family}:{','.join(chosen)}:{cam}:{target_index}"
+        cached = self.cache.get(key)
+        if cached is not None:
+            return key, cached
+        loaded = []
+        for i, name in enumerate(chosen):
+            if progress:
+                progress(i / (2 * len(chosen)), f"loading {name}")
+            loaded.append((name, *self.store.get(name)))
+
+        def step(i, n, name):
+            if progress:
+                progress(0.5 + i / (2 * n), f"running {name}")
+
+        expl = explain_image(loaded, image, cam, target_index, progress=step)
+        expl.key = key
+        result = CachedResult(expl, display_copy(image, DISPLAY_LONG_SIDE))
+        self.cache.put(key, result)
+        return key, result
+
+    def result(self, key: str | None) -> CachedResult:
+        cached = self.cache.get(key) if key else None
+        if cached is None:
+            raise SsavizError("no comparison to show yet (or it was dropped from the cache): press Compare")
+        return cached
+
+    def render(self, key: str, stage: str = ALL_STAGES, cmap: str = "jet", alpha: float = 0.5,
+               scale: str = "stage") -> CompareView:
+        """Draw a cached comparison. Runs no model."""
+        cached = self.result(key)
+        expl = cached.explanation
+        stages = _stages(stage)
+        cell = 320 if len(stages) == 1 else 224
+        cam_grid = render_grid(expl, "cam", stages, cmap, alpha, scale, cell, models_as_columns=True)
+        attention_grid = render_grid(expl, "spatial", stages, cmap, alpha, scale, cell, models_as_columns=True)
+        for r in expl.models:
+            if r.name not in cached.channel_plots:
+                cached.channel_plots[r.name] = channel_plot(r)
+        plots = [p for p in (cached.channel_plots[r.name] for r in expl.models) if p is not None]
+        channels = _stack(plots) if plots else None
+        cams = render_overlays(expl, "cam", stages, cmap, alpha, scale, image=cached.display)
+        gallery = [(img, f"{name} · {s} · {CAM_TITLES.get(expl.cam_method, expl.cam_method)}")
+                   for (name, s), img in cams.items()]
+        return CompareView(cam_grid, attention_grid, channels, gallery, self.predictions(expl),
+                           predictions_table(expl))
+
+    @staticmethod
+    def predictions(expl: Explanation) -> dict:
+        return {r.name: {"attention": r.attention,
+                         "top5": [{"class_id": p.class_id, "name": p.name, "prob": round(p.prob, 5)}
+                                  for p in r.predictions],
+                         "cam_target": r.target.name} for r in expl.models}
+
+    def status_line(self, result: CachedResult) -> str:
+        expl = result.explanation
+        return (f"{len(expl.models)} models on {self.device_note()} in {expl.seconds:.2f} s "
+                f"({CAM_TITLES.get(expl.cam_method, expl.cam_method)}); image {expl.image.size[0]}x{expl.image.size[1]}")
+
+    # ---- stage by stage -----------------------------------------------------------
+    def stage_by_stage(self, key: str, model: str, cmap: str = "jet", alpha: float = 0.5) -> tuple[list, str]:
+        """Every block of one model in order: its map and the module's formula with this image's numbers."""
+        cached = self.result(key)
+        expl = cached.explanation
+        result = next((r for r in expl.models if r.name == model), None)
+        if result is None:
+            raise SsavizError(f"{model} was not part of this comparison")
+        spec = attention_spec(result.attention)
+        gallery, lines = [], [f"### {result.name} ({result.title})", "", formula(result.attention), "",
+                              "| block | output C×H×W | spatial map | channel weights |", "|---|---|---|---|"]
+        from .render import overlay
+
+        for stage in STAGES:
+            for block in result.blocks[stage]:
+                c, h, w = block.shape
+                shown = block.spatial if block.spatial is not None else block.activation
+                what = "saW" if result.attention == "ssa" else "spatial map" if block.spatial is not None else "activation"
+                img = overlay(cached.display, shown, float(shown.min()), float(shown.max()), cmap, alpha)
+                gallery.append((img, f"{block.name} · {c}×{h}×{w} · {what}"))
+                sp = (f"{_range(block.spatial)}" if block.spatial is not None
+                      else f"none (activation {_range(block.activation)})")
+                ch = "none"
+                if block.channel is not None:
+                    v = block.channel
+                    ch = f"{_range(v)}, mean {v.mean():.3g}"
+                    if spec.channel_is_gate:
+                        ch += f"; {int((v < 0.5).sum())} of {v.size} below 0.5"
+                lines.append(f"| {block.name} | {c}×{h}×{w} | {sp} | {ch} |")
+        return gallery, "\n".join(lines)
+
+    # ---- zoo ----------------------------------------------------------------------
+    def zoo_markdown(self) -> str:
+        rows = ["| model | family | attention | classes | top-1 | top-5 | parameters | added by attention | FLOPs | status |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for e in self.zoo.entries.values():
+            c = e.card
+            acc = c.accuracy or {}
+            rows.append(
+                f"| {e.name} | {e.family} | {attention_spec(c.attention).title} | {len(c.class_ids)} | "
+                f"{_pct(acc.get('top1'))} | {_pct(acc.get('top5'))} | {_num(c.parameters)} | "
+                f"{_num(c.attention_parameters)} | {_num(c.flops)} | {e.status()} |")
+        out = "\n".join(rows)
+        if self.zoo.problems:
+            out += "\n\n**Left out of the zoo:**\n\n" + "\n".join(f"- {p}" for p in self.zoo.problems)
+        return out
+
+    def zoo_cards(self) -> dict:
+        return {name: e.card.to_dict() | {"status": e.status(), "family": e.family}
+                for name, e in self.zoo.entries.items()}
+
+
+def formula(attention: str) -> str:
+    return {
+        "ssa": "**SSA**: `seW = GAP(X)` · `saW = σ(BN(mean_c(seW·X)))` · `Y = saW·X` (2 parameters per block)",
+        "se": "**SE**: `s = σ(W2·ReLU(W1·GAP(X)))`, reduction 16 · `Y = s·X`",
+        "salient": "**Salient**: `w = σ(BN(conv1x1(X)))` · `Y = w·X`",
+        "cbam": "**CBAM**: `Mc = σ(MLP(AvgPool(X)) + MLP(MaxPool(X)))` · `X' = Mc·X` · "
+                "`Ms = σ(conv7x7([mean_c X'; max_c X']))` · `Y = Ms·X'`",
+        "none": "**ResNet**: no attention module; the map is the channel-mean of each block's output.",
+    }[attention]
+
+
+def predictions_table(expl: Explanation) -> str:
+    header = "| rank | " + " | ".join(f"{r.name}" for r in expl.models) + " |"
+    rows = [header, "|---|" + "---|" * len(expl.models)]
+    for k in range(max(len(r.predictions) for r in expl.models)):
+        cells = [f"{r.predictions[k].name} ({r.predictions[k].prob:.1%})" if k < len(r.predictions) else ""
+                 for r in expl.models]
+        rows.append(f"| {k + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _stack(images: list[Image.Image]) -> Image.Image:
+    w = max(i.width for i in images)
+    out = Image.new("RGB", (w, sum(i.height for i in images)), "white")
+    y = 0
+    for img in images:
+        out.paste(img, (0, y))
+        y += img.height
+    return out
+
+
+def _range(v: np.ndarray) -> str:
+    return f"[{float(v.min()):.3g}, {float(v.max()):.3g}]"
+
+
+def _pct(v) -> str:
+    return f"{v:.2%}" if isinstance(v, (int, float)) else "—"
+
+
+def _num(v) -> str:
+    if not isinstance(v, (int, float)):
+        return "—"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= size:
+            return f"{v / size:.2f}{unit}"
+    return str(int(v))
+
+
+__all__ = ["ALL_STAGES", "CompareView", "ResultCache", "Service", "formula", "model_calls"]

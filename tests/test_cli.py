@@ -1,0 +1,90 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def run_cli(*args, env_extra=None, tmp_env=None):
+    env = {**os.environ, "SSAVIZ_BUNDLED": "0", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "ssaviz", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc, text):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert text in lines[0]
+
+
+def test_models_json_lists_the_zoo(tiny_zoo):
+    proc = run_cli("models", "--json", env_extra={"SSAVIZ_CHECKPOINTS": str(tiny_zoo)})
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    local = [r for r in rows if not r["online"]]
+    assert {r["attention"] for r in local} == {"none", "se", "ssa", "salient", "cbam"}
+    for r in rows:
+        assert {"name", "family", "attention", "classes", "path"} <= r.keys()
+    assert all(r["family"] == "imagenette" and r["classes"] == 10 for r in local)
+
+
+def test_explain_end_to_end(tiny_zoo, photo_path, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("explain", photo_path, "--out", out, "--cam", "gradcam++",
+                   env_extra={"SSAVIZ_CHECKPOINTS": str(tiny_zoo)})
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "coffee.json").read_text())
+    assert set(summary["models"]) == {"tiny_none", "tiny_se", "tiny_ssa", "tiny_salient", "tiny_cbam"}
+    for name, m in summary["models"].items():
+        assert len(m["predictions"]) == 5
+        assert set(m["stages"]) == {"layer1", "layer2", "layer3", "layer4"}
+        for stage in m["stages"].values():
+            assert stage["cam"]["max"] >= stage["cam"]["min"] >= 0
+            assert (stage["spatial"] is not None) == (m["attention"] in ("ssa", "salient", "cbam"))
+            assert (stage["channel"] is not None) == (m["attention"] in ("se", "ssa", "cbam"))
+    assert summary["models"]["tiny_se"]["stages"]["layer4"]["channel"]["n"] == 64
+    for f in summary["files"]:
+        assert (out / f).stat().st_size > 1000
+    assert "coffee_gradcam++_grid.png" in summary["files"]
+
+
+def test_explain_with_target_and_models(tiny_zoo, photo_path, tmp_path):
+    proc = run_cli("explain", photo_path, "--out", tmp_path, "--models", "tiny_ssa,tiny_none",
+                   "--target", "church", "--device", "cpu", env_extra={"SSAVIZ_CHECKPOINTS": str(tiny_zoo)})
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "coffee.json").read_text())
+    assert set(summary["models"]) == {"tiny_ssa", "tiny_none"}
+    assert all(m["target"]["name"] == "church" for m in summary["models"].values())
+
+
+@pytest.mark.parametrize("case,text", [
+    ("missing", "no such file"),
+    ("notimage", "not an image"),
+    ("empty", "the file is empty"),
+])
+def test_explain_bad_input_is_one_line(case, text, tiny_zoo, tmp_path):
+    path = tmp_path / f"{case}.jpg"
+    if case == "notimage":
+        path.write_text("hello, this is text")
+    elif case == "empty":
+        path.write_bytes(b"")
+    proc = run_cli("explain", path, "--out", tmp_path / "o", env_extra={"SSAVIZ_CHECKPOINTS": str(tiny_zoo)})
+    assert_one_line_error(proc, text)
+
+
+def test_explain_on_an_empty_zoo_says_so(photo_path, tmp_path):
+    proc = run_cli("explain", photo_path, "--out", tmp_path, env_extra={"SSAVIZ_CHECKPOINTS": str(tmp_path)})
+    assert_one_line_error(proc, "the zoo is empty")
+
+
+def test_unknown_model_and_device(tiny_zoo, photo_path, tmp_path):
+    env = {"SSAVIZ_CHECKPOINTS": str(tiny_zoo)}
+    assert_one_line_error(run_cli("explain", photo_path, "--out", tmp_path, "--models", "nope", env_extra=env),
+                          "no model 'nope'")
+    assert_one_line_error(run_cli("explain", photo_path, "--out", tmp_path, "--device", "tpu", env_extra=env),
+                          "unknown device")
