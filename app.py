@@ -12,6 +12,7 @@ import gradio as gr
 
 from ssaviz.cams import CAM_METHODS, CAM_TITLES
 from ssaviz.errors import SsavizError
+from ssaviz.files import ImageFiles
 from ssaviz.images import MAX_UPLOAD_BYTES
 from ssaviz.render import COLORMAPS, SCALE_MODES
 from ssaviz.resnet import STAGES
@@ -58,6 +59,11 @@ def user_errors(fn):
 
 def build_demo(service: Service) -> gr.Blocks:
     family0 = service.default_family()
+    files = ImageFiles()
+
+    def as_files(view):
+        return (files.save(view.cam_grid), files.save(view.attention_grid), files.save(view.channels),
+                [(files.save(img), caption) for img, caption in view.gallery])
     examples = sorted(str(p) for p in ASSETS.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
     @user_errors
@@ -67,21 +73,20 @@ def build_demo(service: Service) -> gr.Blocks:
         key, result = service.compare(image, family, models, cam, target,
                                       progress=lambda f, msg: progress(f, desc=msg))
         view = service.render(key, stage, cmap, alpha, scale)
-        return (key, view.table, view.cam_grid, view.attention_grid, view.channels, view.gallery,
-                view.predictions, service.status_line(result))
+        return (key, view.table, *as_files(view), view.predictions, service.status_line(result))
 
     @user_errors
     def rerender(key, stage, cmap, alpha, scale):
         if not key:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        view = service.render(key, stage, cmap, alpha, scale)
-        return view.cam_grid, view.attention_grid, view.channels, view.gallery
+        return as_files(service.render(key, stage, cmap, alpha, scale))
 
     @user_errors
     def stage_view(key, model, cmap, alpha):
         if not key:
             raise SsavizError("run a comparison first, then pick one of its models")
-        return service.stage_by_stage(key, model, cmap, alpha)
+        gallery, table = service.stage_by_stage(key, model, cmap, alpha)
+        return [(files.save(img), caption) for img, caption in gallery], table
 
     @user_errors
     def on_family(family):
@@ -92,7 +97,8 @@ def build_demo(service: Service) -> gr.Blocks:
     def on_models(models):
         return gr.update(choices=models or [], value=(models or [None])[0])
 
-    with gr.Blocks(title="ssaviz: what do attention modules attend to?") as demo:
+    # Gradio's copies of results are deleted after an hour, so a long-running Space does not fill its disk.
+    with gr.Blocks(title="ssaviz: what do attention modules attend to?", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# ssaviz\nDrop a photo and see, side by side and stage by stage, what each network "
                     "attends to: Grad-CAM, the networks' own attention maps (SSA, Salient, CBAM) and their "
                     f"channel weights (SE, CBAM, SSA). Running on **{service.device_note()}**.")
@@ -100,14 +106,15 @@ def build_demo(service: Service) -> gr.Blocks:
         with gr.Tab("Compare"):
             with gr.Row():
                 with gr.Column(scale=1, min_width=280):
-                    image = PhotoInput(type="filepath", label="Photo", sources=["upload", "clipboard"],
+                    image = PhotoInput(type="filepath", label="Photo", sources=["upload", "clipboard"], elem_id="photo",
                                        height=260)
                     if examples:
                         gr.Examples(examples, inputs=image, label="Examples (click one)")
                     family = gr.Dropdown(service.families(), value=family0, label="Model family")
                     models = gr.CheckboxGroup(service.model_names(family0), value=service.model_names(family0),
                                               label="Models to compare")
-                    cam = gr.Dropdown([(CAM_TITLES[m], m) for m in CAM_METHODS], value="gradcam", label="CAM method")
+                    cam = gr.Dropdown([(CAM_TITLES[m], m) for m in CAM_METHODS], value="gradcam", label="CAM method",
+                                      elem_id="cam")
                     target = gr.Dropdown([PREDICTED] + service.class_choices(family0), value=PREDICTED,
                                          label="Target class", filterable=True)
                     run = gr.Button("Compare", variant="primary", elem_id="compare-button")
@@ -119,12 +126,12 @@ def build_demo(service: Service) -> gr.Blocks:
                     status = gr.Markdown(elem_id="status", label="Status")
                 with gr.Column(scale=3):
                     table = gr.Markdown(label="Top-5 predictions")
-                    cam_grid = gr.Image(label="Grad-CAM per stage (models in columns)", type="pil",
+                    cam_grid = gr.Image(label="Grad-CAM per stage (models in columns)", type="filepath",
                                         elem_id="cam-grid", interactive=False)
                     attention_grid = gr.Image(label="Native spatial attention (activation map where a model has none)",
-                                              type="pil", elem_id="attention-grid", interactive=False)
+                                              type="filepath", elem_id="attention-grid", interactive=False)
                     channels = gr.Image(label="Channel weights per stage (SE excitation, CBAM channel attention, "
-                                              "SSA squeeze vector)", type="pil", interactive=False)
+                                              "SSA squeeze vector)", type="filepath", interactive=False)
                     gallery = gr.Gallery(label="Overlays (full view)", columns=4, height="auto", elem_id="overlays")
                     predictions = gr.JSON(label="Predictions (JSON)")
         with gr.Tab("Stage by stage"):
@@ -135,7 +142,7 @@ def build_demo(service: Service) -> gr.Blocks:
                                          label="Model")
                 show = gr.Button("Show every block", elem_id="stage-button")
             block_gallery = gr.Gallery(label="Blocks", columns=4, height="auto", elem_id="blocks")
-            block_table = gr.Markdown(label="Blocks and formula")
+            block_table = gr.Markdown(label="Blocks and formula", elem_id="block-table")
         with gr.Tab("Model zoo"):
             zoo = gr.Markdown(service.zoo_markdown(), elem_id="zoo")
 

@@ -7,6 +7,7 @@ of the block's output). Plus logits and top-k. The same pass keeps the stage
 outputs attached to autograd so CAMs need no second forward.
 """
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,7 +61,18 @@ class Capture:
         self.graph_logits = None
 
 
+_TARGETS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def _targets(model: nn.Module, attention: str) -> dict[str, nn.Module]:
+    """Name -> module to hook: every block's output and its attention's spatial/channel submodules."""
+    cached = _TARGETS.get(model)
+    if cached is None or cached[0] != attention:  # a model's modules never change: look them up once
+        cached = _TARGETS[model] = (attention, _find_targets(model, attention))
+    return dict(cached[1])
+
+
+def _find_targets(model: nn.Module, attention: str) -> dict[str, nn.Module]:
     spec = attention_spec(attention)
     targets = {}
     for stage in STAGES:
@@ -73,6 +85,10 @@ def _targets(model: nn.Module, attention: str) -> dict[str, nn.Module]:
             if attn is not None and spec.channel:
                 targets[f"{name}:channel"] = attn.get_submodule(spec.channel)
     return targets
+
+
+def _channel_mean(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    return t.mean(dim=1), tuple(t.shape[1:])
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -89,8 +105,12 @@ def capture_attention(model: nn.Module, x: torch.Tensor, attention: str | None =
     """
     attention = attention or getattr(getattr(model, "config", None), "attention", "none")
     targets = _targets(model, attention)
-    stage_keys = {f"{stage}.{len(getattr(model, stage)) - 1}:out" for stage in STAGES}
-    recorder = ForwardRecorder(targets, keep_graph=stage_keys if keep_graph else set())
+    if keep_graph:  # the stage outputs, kept whole and attached for the CAMs' backward
+        targets.update({f"{stage}:graph": getattr(model, stage)[-1] for stage in STAGES})
+    # Block outputs are reduced to their channel-mean in the hook: nothing large outlives the block.
+    reduce = {name: _channel_mean for name in targets if name.endswith(":out")}
+    recorder = ForwardRecorder(targets, keep_graph={f"{s}:graph" for s in STAGES} if keep_graph else set(),
+                               reduce=reduce)
     grad_mode = torch.enable_grad() if keep_graph else torch.inference_mode()
     with recorder, grad_mode:
         logits = model(x)
@@ -99,21 +119,22 @@ def capture_attention(model: nn.Module, x: torch.Tensor, attention: str | None =
 
     blocks: dict[str, list[BlockMaps]] = {}
     for stage in STAGES:
-        blocks[stage] = []
-        for i in range(len(getattr(model, stage))):
-            name = f"{stage}.{i}"
-            feat = out[f"{name}:out"].detach()
-            spatial = out.get(f"{name}:spatial")
-            channel = out.get(f"{name}:channel")
-            blocks[stage].append(BlockMaps(
-                name=name,
-                shape=tuple(feat.shape[1:]),
-                activation=_numpy(feat.mean(dim=1)),
-                spatial=None if spatial is None else _numpy(spatial[:, 0]),
-                channel=None if channel is None else _numpy(channel.flatten(1)),
-            ))
+        n = len(getattr(model, stage))
+        names = [f"{stage}.{i}" for i in range(n)]
+        # Blocks of a stage share their shape: reduce and copy them to NumPy together
+        # (a few large ops instead of many small ones keeps capture close to a bare forward).
+        acts = _numpy(torch.stack([out[f"{b}:out"][0] for b in names]))  # (n, N, H, W)
+        spatial = (_numpy(torch.stack([out[f"{b}:spatial"][:, 0] for b in names]))
+                   if f"{names[0]}:spatial" in out else None)
+        channel = (_numpy(torch.stack([out[f"{b}:channel"].flatten(1) for b in names]))
+                   if f"{names[0]}:channel" in out else None)
+        shape = out[f"{names[-1]}:out"][1]
+        blocks[stage] = [BlockMaps(name=b, shape=shape, activation=acts[i],
+                                   spatial=None if spatial is None else spatial[i],
+                                   channel=None if channel is None else channel[i])
+                         for i, b in enumerate(names)]
     capture = Capture(attention, logits.detach(), blocks)
     if keep_graph:
         capture.graph_logits = logits
-        capture.stage_outputs = {stage: out[f"{stage}.{len(getattr(model, stage)) - 1}:out"] for stage in STAGES}
+        capture.stage_outputs = {stage: out[f"{stage}:graph"] for stage in STAGES}
     return capture

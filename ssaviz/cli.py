@@ -21,6 +21,8 @@ def _cmd_models(args) -> int:
     rows = [e.summary() for e in zoo.entries.values()]
     if args.json:
         print(json.dumps(rows, indent=2))
+    elif args.markdown:
+        print(models_markdown(zoo))
     else:
         if not rows:
             print("the zoo is empty")
@@ -32,6 +34,24 @@ def _cmd_models(args) -> int:
     for problem in zoo.problems:
         print(f"warning: {problem}", file=sys.stderr)
     return 0
+
+
+def models_markdown(zoo) -> str:
+    """The local checkpoints as a Markdown table, every number read from the cards."""
+    lines = ["| model | family | attention | input | top-1 | top-5 | val images | parameters | "
+             "added by attention | GFLOPs | trained on | date |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in zoo.entries.values():
+        if e.online:
+            continue
+        c, acc = e.card, e.card.accuracy or {}
+        pct = lambda v: f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "—"  # noqa: E731
+        secs = c.recipe.get("training_seconds")
+        lines.append(
+            f"| {e.name} | {e.family} | {c.attention} | {c.input_size}px | {pct(acc.get('top1'))} | "
+            f"{pct(acc.get('top5'))} | {acc.get('n', '—')} ({acc.get('data', '')}) | {c.parameters or '—':,} | "
+            f"{c.attention_parameters if c.attention_parameters is not None else '—':,} | "
+            f"{(c.flops or 0) / 1e9:.3f} | {c.hardware}{f', {secs / 60:.1f} min' if secs else ''} | {c.date} |")
+    return "\n".join(lines)
 
 
 def _select_models(zoo, family: str | None, names: str | None):
@@ -79,11 +99,11 @@ def _cmd_explain(args) -> int:
     models = [(e.name, *store.get(e.name)) for e in entries]
     target = _parse_target(args.target, models[0][2])
     out.mkdir(parents=True, exist_ok=True)
-    from .explain import explain_image, explanation_summary
+    from .explain import explain_images, explanation_summary
     from .render import channel_plot, render_grid
 
-    for path, image in images:
-        expl = explain_image(models, image, args.cam, target)
+    explanations = explain_images(models, [img for _, img in images], args.cam, target, args.batch_size)
+    for (path, image), expl in zip(images, explanations):
         stem = path.stem
         written = []
         for kind in ("cam", "spatial"):
@@ -91,18 +111,16 @@ def _cmd_explain(args) -> int:
             name = out / f"{stem}_{args.cam if kind == 'cam' else 'attention'}_grid.png"
             grid.save(name)
             written.append(name.name)
-        for r in expl.models:
-            plot = channel_plot(r)
-            if plot is not None:
-                name = out / f"{stem}_{r.name}_channels.png"
-                plot.save(name)
-                written.append(name.name)
+        plot = channel_plot(expl.models)
+        if plot is not None:
+            plot.save(out / f"{stem}_channels.png")
+            written.append(f"{stem}_channels.png")
         summary = explanation_summary(expl)
         summary["image"] = str(path)
         summary["files"] = written
         (out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
         top = ", ".join(f"{r.name}: {r.predictions[0].name} ({r.predictions[0].prob:.2f})" for r in expl.models)
-        print(f"{path.name}: {top}  [{expl.seconds:.2f}s on {expl.device}] -> {out}/{stem}.json")
+        print(f"{path.name}: {top}  [{expl.device}] -> {out}/{stem}.json")
     return 0
 
 
@@ -112,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the model zoo")
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--markdown", action="store_true", help="print the local checkpoints as a Markdown table")
     p.set_defaults(func=_cmd_models)
 
     from .cams import CAM_METHODS
@@ -128,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--colormap", default="jet", choices=list(COLORMAPS))
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1")
     p.add_argument("--scale", default="stage", choices=list(SCALE_MODES), help="colour-scale mode")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward (same aspect ratio batch)")
     p.set_defaults(func=_cmd_explain)
 
     for register in _extra_commands():
@@ -136,9 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    from . import train
+    from . import bench, train
 
-    return [train.register_cli]
+    return [train.register_cli, bench.register_cli]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,30 +79,39 @@ def _predictions(card: ModelCard, probs: np.ndarray, indices: np.ndarray) -> lis
     return [Prediction(int(i), card.class_ids[i], card.class_names[i], float(probs[i])) for i in indices]
 
 
-def explain_model(model: torch.nn.Module, card: ModelCard, image: Image.Image, name: str | None = None,
-                  cam_method: str = "gradcam", target: int | None = None, topk: int = 5) -> ModelResult:
+def explain_batch(model: torch.nn.Module, card: ModelCard, images: list[Image.Image], name: str | None = None,
+                  cam_method: str = "gradcam", target: int | None = None, topk: int = 5) -> list[ModelResult]:
+    """One forward and one backward for a batch of images that share the network input size."""
     device = next(model.parameters()).device
-    size = model_input_size(*image.size, card.input_size)
-    x = to_tensor(image, card.input_size, card.mean, card.std, size).to(device)
+    size = model_input_size(*images[0].size, card.input_size)
+    x = torch.cat([to_tensor(img, card.input_size, card.mean, card.std, size) for img in images]).to(device)
+    if target is not None and not 0 <= target < len(card.class_ids):
+        raise SsavizError(f"target class {target} is out of range for {card.name} ({len(card.class_ids)} classes)")
     capture: Capture = capture_attention(model, x, card.attention, keep_graph=True)
     try:
-        probs = capture.probs[0]
-        if target is not None and not 0 <= target < len(card.class_ids):
-            raise SsavizError(f"target class {target} is out of range for {card.name} "
-                              f"({len(card.class_ids)} classes)")
-        target_index = int(probs.argmax()) if target is None else int(target)
-        cams = compute_cams(model, x, capture, cam_method, [target_index])
+        probs = capture.probs
+        targets = [int(p.argmax()) if target is None else int(target) for p in probs]
+        # Images are independent in eval mode: the gradient of the summed target logits
+        # gives each image its own CAM, in one backward.
+        cams = compute_cams(model, x, capture, cam_method, targets)
     finally:
         capture.release_graph()
-    order = np.argsort(-probs)[:topk]
-    blocks = {stage: [BlockMaps(b.name, b.shape, b.activation[0],
-                                None if b.spatial is None else b.spatial[0],
-                                None if b.channel is None else b.channel[0]) for b in bs]
-              for stage, bs in capture.blocks.items()}
-    return ModelResult(
-        name=name or card.name, card=card, predictions=_predictions(card, probs, order),
-        target=_predictions(card, probs, [target_index])[0], blocks=blocks,
-        cams={s: m[0] for s, m in cams.items()}, input_size=size)
+    results = []
+    for i, p in enumerate(probs):
+        blocks = {stage: [BlockMaps(b.name, b.shape, b.activation[i],
+                                    None if b.spatial is None else b.spatial[i],
+                                    None if b.channel is None else b.channel[i]) for b in bs]
+                  for stage, bs in capture.blocks.items()}
+        results.append(ModelResult(
+            name=name or card.name, card=card, predictions=_predictions(card, p, np.argsort(-p)[:topk]),
+            target=_predictions(card, p, [targets[i]])[0], blocks=blocks,
+            cams={s: m[i] for s, m in cams.items()}, input_size=size))
+    return results
+
+
+def explain_model(model: torch.nn.Module, card: ModelCard, image: Image.Image, name: str | None = None,
+                  cam_method: str = "gradcam", target: int | None = None, topk: int = 5) -> ModelResult:
+    return explain_batch(model, card, [image], name, cam_method, target, topk)[0]
 
 
 def explain_image(models: list[tuple[str, torch.nn.Module, ModelCard]], image: Image.Image,
@@ -119,6 +128,30 @@ def explain_image(models: list[tuple[str, torch.nn.Module, ModelCard]], image: I
         results.append(explain_model(model, card, image, name, cam_method, target))
     device = str(next(models[0][1].parameters()).device)
     return Explanation(image, cam_method, target, results, device, time.perf_counter() - start)
+
+
+def explain_images(models: list[tuple[str, torch.nn.Module, ModelCard]], images: list[Image.Image],
+                   cam_method: str = "gradcam", target: int | None = None,
+                   batch_size: int = 16) -> list[Explanation]:
+    """Explain many images, batching those that share a network input size (same aspect ratio)."""
+    if not models:
+        raise SsavizError("no models to compare")
+    start = time.perf_counter()
+    per_image: list[list[ModelResult]] = [[] for _ in images]
+    for name, model, card in models:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(model_input_size(*img.size, card.input_size), []).append(i)
+        for indices in groups.values():
+            for k in range(0, len(indices), batch_size):
+                chunk = indices[k:k + batch_size]
+                for i, result in zip(chunk, explain_batch(model, card, [images[i] for i in chunk], name,
+                                                          cam_method, target)):
+                    per_image[i].append(result)
+    device = str(next(models[0][1].parameters()).device)
+    seconds = (time.perf_counter() - start) / max(1, len(images))
+    return [Explanation(img, cam_method, target, results, device, seconds)
+            for img, results in zip(images, per_image)]
 
 
 def stage_summary(result: ModelResult, stage: str) -> dict:

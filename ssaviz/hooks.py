@@ -15,21 +15,29 @@ class ForwardRecorder:
     """Record the outputs of named submodules during forwards inside ``with``.
 
     ``keep_graph`` names whose outputs are kept attached to autograd (for
-    gradients later); all others are detached at once.
+    gradients later); all others are detached at once. ``reduce`` maps a name
+    to a function applied to the output in the hook, so only the (small)
+    result is kept alive.
     """
 
-    def __init__(self, modules: dict[str, nn.Module], keep_graph: set[str] = frozenset()):
+    def __init__(self, modules: dict[str, nn.Module], keep_graph: set[str] = frozenset(),
+                 reduce: dict | None = None):
         self.modules = modules
         self.keep_graph = set(keep_graph)
+        self.reduce = reduce or {}
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list = []
         self._thread = None
 
     def _hook(self, name: str):
+        reducer = self.reduce.get(name)
+
         def record(module, inputs, output):
             if threading.get_ident() != self._thread:
                 return
-            self.outputs[name] = output if name in self.keep_graph else output.detach()
+            value = output if name in self.keep_graph else output.detach()
+            self.outputs[name] = reducer(value) if reducer else value
+
         return record
 
     def __enter__(self) -> "ForwardRecorder":

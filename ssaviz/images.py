@@ -96,7 +96,7 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO | Image.Image | np.n
                 raise ImageError("the image is damaged: its header cannot be read") from None
             raise ImageError(f"this file is not an image this app can read ({SUPPORTED})") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"the image has more than {max_pixels / 1e6:.0f} million pixels") from None
+            raise ImageError(f"the image is over the {max_pixels / 1e6:.0f} million pixel limit") from None
         except Exception:
             raise ImageError("the image is damaged: its header cannot be read") from None
     w, h = img.size

@@ -6,6 +6,8 @@ is chosen per map, per stage (shared by the models compared) or shared by
 all maps of a kind, so maps of different models can be compared honestly.
 """
 
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -58,15 +60,27 @@ def colorize(map2d: np.ndarray, lo: float, hi: float, cmap: str = "jet") -> np.n
     return colormap_lut(cmap)[idx]
 
 
+@lru_cache(maxsize=32)
+def _palette(name: str) -> list[int]:
+    return colormap_lut(name).flatten().tolist()
+
+
 def overlay(image: Image.Image, map2d: np.ndarray, lo: float, hi: float,
             cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
-    """``map2d`` upsampled to ``image``'s size, coloured on [lo, hi] and blended with opacity ``alpha``."""
-    heat = colorize(upsample(map2d, image.size), lo, hi, cmap).astype(np.float32)
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    blended = (1.0 - alpha) * base + alpha * heat
-    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")
+    """``map2d`` upsampled to ``image``'s size, coloured on [lo, hi] and blended with opacity ``alpha``.
+
+    The map is scaled to 0..255 at its own (small) resolution, upsampled
+    bilinearly as 8-bit and coloured through a palette: all of the per-pixel
+    work runs in Pillow's C code, which keeps re-rendering instant.
+    """
+    levels = (normalise(np.asarray(map2d, dtype=np.float32), lo, hi) * 255.0 + 0.5).astype(np.uint8)
+    heat = Image.fromarray(levels, "L").resize(image.size, Image.BILINEAR)
+    heat.putpalette(_palette(cmap))  # L -> P with the colormap as palette
+    base = image if image.mode == "RGB" else image.convert("RGB")
+    return Image.blend(base, heat.convert("RGB"), float(alpha))
 
 
+@lru_cache(maxsize=512)
 def colorbar(lo: float, hi: float, cmap: str = "jet", width: int = 256, height: int = 12,
              label: str = "") -> Image.Image:
     """A horizontal legend: the colour ramp with its end values."""
@@ -139,39 +153,97 @@ def render_overlays(expl: Explanation, kind: str, stages: tuple[str, ...] = STAG
     return out
 
 
-def channel_plot(result: ModelResult, stages: tuple[str, ...] = STAGES, width_px: int = 900,
-                 height_px: int = 260) -> Image.Image | None:
-    """Channel weights of every block, one panel per stage, sorted high to low. None if the model has none."""
-    if not result.has_channel:
+CHANNEL_WHAT = {"se": "SE excitation s", "cbam": "CBAM channel attention", "ssa": "SSA squeeze seW = GAP(X)"}
+
+
+class _ChannelFigure:
+    """A drawn channel-weight figure for one layout, reused: a new image only updates the lines.
+
+    Building the axes, ticks and labels is most of matplotlib's cost; with the
+    same models (the usual case) only the data changes between requests.
+    """
+
+    def __init__(self, rows: list[ModelResult], stages: tuple[str, ...], width_px: int, row_px: int):
+        import matplotlib
+        from matplotlib.figure import Figure
+
+        from .layers import attention_spec
+
+        ramp = matplotlib.colormaps["viridis"]
+        dpi = 100
+        height_in = row_px * len(rows) / dpi + 0.3
+        self.fig = Figure(figsize=(width_px / dpi, height_in), dpi=dpi)
+        axes = self.fig.subplots(len(rows), len(stages), squeeze=False)
+        self.lines, self.free_axes = [], []
+        # Few text labels: text layout is most of what matplotlib spends on a redraw.
+        for ax_row, r in zip(axes, rows):
+            gate = attention_spec(r.attention).channel_is_gate
+            for j, (ax, stage) in enumerate(zip(ax_row, stages)):
+                blocks = r.blocks[stage]
+                c = blocks[-1].shape[0]
+                for i in range(len(blocks)):
+                    (line,) = ax.plot(np.arange(c), np.zeros(c), lw=1.1, color=ramp(0.85 * i / max(1, len(blocks) - 1)))
+                    self.lines.append(line)
+                if gate:  # weights in [0, 1]: one fixed scale per row, labelled once
+                    ax.axhline(0.5, color="gray", lw=0.7, ls="--")
+                    ax.set_ylim(-0.03, 1.03)
+                    ax.set_yticks([0, 0.5, 1])
+                    ax.tick_params(labelleft=j == 0)
+                else:  # SSA's squeeze vector: unbounded, each panel its own scale
+                    ax.locator_params(axis="y", nbins=3)
+                    self.free_axes.append(ax)
+                ax.set_xlim(-0.5, c - 0.5)
+                ax.set_xticks([])
+                ax.tick_params(labelsize=7, length=2, pad=1)
+                ax.set_title(f"{r.name} · {stage} · {c} ch", fontsize=8, pad=2)
+            ax_row[0].set_ylabel(CHANNEL_WHAT.get(r.attention, "channel weight"), fontsize=7)
+        self.fig.text(0.5, 0.003, "channels, sorted by weight; one line per block, from the first (dark) "
+                      "to the last (light)", ha="center", va="bottom", fontsize=7)
+        self.fig.subplots_adjust(left=0.055, right=0.99, bottom=0.32 / height_in + 0.03, top=1 - 0.22 / height_in,
+                                 wspace=0.18, hspace=0.45)
+
+    def draw(self, rows: list[ModelResult], stages: tuple[str, ...]) -> Image.Image:
+        values = [np.sort(b.channel)[::-1] for r in rows for s in stages for b in r.blocks[s]]
+        for line, v in zip(self.lines, values):
+            line.set_ydata(v)
+        for ax in self.free_axes:
+            ax.relim()
+            ax.autoscale_view(scalex=False)
+        return figure_to_image(self.fig)
+
+
+_channel_figures: "OrderedDict[tuple, tuple[threading.Lock, _ChannelFigure]]" = OrderedDict()
+_channel_figures_lock = threading.Lock()
+
+
+def channel_plot(results: ModelResult | list[ModelResult], stages: tuple[str, ...] = STAGES,
+                 width_px: int = 960, row_px: int = 190) -> Image.Image | None:
+    """Channel weights, one row per model that has them and one panel per stage.
+
+    Each block's weights are sorted high to low (so panels read as "how many
+    channels are kept"); gates get a dashed line at 0.5. None if no model has
+    channel weights.
+    """
+    results = [results] if isinstance(results, ModelResult) else results
+    rows = [r for r in results if r.has_channel]
+    if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    from .layers import attention_spec
-
-    spec = attention_spec(result.attention)
-    what = {"se": "SE excitation s", "cbam": "CBAM channel attention", "ssa": "SSA squeeze seW = GAP(X)"}
-    dpi = 100
-    fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, layout="constrained")
-    axes = fig.subplots(1, len(stages), squeeze=False)[0]
-    for ax, stage in zip(axes, stages):
-        blocks = result.blocks[stage]
-        for i, block in enumerate(blocks):
-            values = np.sort(block.channel)[::-1]
-            ax.plot(np.arange(values.size), values, lw=1.2, alpha=0.5 + 0.5 * (i + 1) / len(blocks),
-                    label=f"block {i}")
-        if spec.channel_is_gate:
-            ax.axhline(0.5, color="gray", lw=0.8, ls="--")
-            ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{stage} ({blocks[-1].shape[0]} ch)", fontsize=9)
-        ax.set_xlabel("channel, sorted", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0].set_ylabel(what.get(result.attention, "channel weight"), fontsize=8)
-    axes[-1].legend(fontsize=6, loc="upper right")
-    fig.suptitle(f"{result.name}: {what.get(result.attention, '')}", fontsize=10)
-    return figure_to_image(fig)
+    layout = (tuple((r.name, r.attention, tuple(tuple(b.shape for b in r.blocks[s]) for s in stages)) for r in rows),
+              stages, width_px, row_px)
+    with _channel_figures_lock:
+        if layout in _channel_figures:
+            _channel_figures.move_to_end(layout)
+            lock, figure = _channel_figures[layout]
+        else:
+            lock, figure = threading.Lock(), None
+    with lock:  # one request at a time draws on a given figure
+        if figure is None:
+            figure = _ChannelFigure(rows, stages, width_px, row_px)
+            with _channel_figures_lock:
+                _channel_figures[layout] = (lock, figure)
+                while len(_channel_figures) > 8:
+                    _channel_figures.popitem(last=False)
+        return figure.draw(rows, stages)
 
 
 def figure_to_image(fig) -> Image.Image:

@@ -8,9 +8,10 @@ running any model.
 
 import hashlib
 import logging
+import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -19,7 +20,7 @@ from .capture import model_calls
 from .cams import CAM_TITLES
 from .device import describe, resolve_device
 from .errors import SsavizError
-from .explain import Explanation, explain_image
+from .explain import Explanation, explain_image, stage_summary
 from .images import display_copy, load_image
 from .layers import attention_spec
 from .render import channel_plot, render_grid, render_overlays
@@ -28,7 +29,7 @@ from .zoo import ModelStore, Zoo, discover
 
 log = logging.getLogger(__name__)
 
-CACHE_SIZE = 32
+CACHE_SIZE = int(os.environ.get("SSAVIZ_CACHE_SIZE", "32"))
 DISPLAY_LONG_SIDE = 640
 ALL_STAGES = "all"
 
@@ -47,7 +48,7 @@ class CompareView:
 class CachedResult:
     explanation: Explanation
     display: Image.Image  # the image at display size, overlays are drawn on it
-    channel_plots: dict[str, Image.Image | None] = field(default_factory=dict)
+    channel_plot: Image.Image | bool | None = None  # None: not drawn yet; False: no model has channel weights
 
 
 class ResultCache:
@@ -86,11 +87,11 @@ def _stages(stage: str | None) -> tuple[str, ...]:
 
 
 class Service:
-    def __init__(self, zoo: Zoo | None = None, device: str | None = None, cache_size: int = CACHE_SIZE):
+    def __init__(self, zoo: Zoo | None = None, device: str | None = None, cache_size: int | None = None):
         self.zoo = zoo if zoo is not None else discover()
         self.device = resolve_device(device)
         self.store = ModelStore(self.zoo, self.device)
-        self.cache = ResultCache(cache_size)
+        self.cache = ResultCache(cache_size or CACHE_SIZE)
 
     # ---- choices for the controls -------------------------------------------------
     def families(self) -> list[str]:
@@ -167,29 +168,20 @@ class Service:
     def render(self, key: str, stage: str = ALL_STAGES, cmap: str = "jet", alpha: float = 0.5,
                scale: str = "stage") -> CompareView:
         """Draw a cached comparison. Runs no model."""
-        cached = self.result(key)
-        expl = cached.explanation
-        stages = _stages(stage)
-        cell = 320 if len(stages) == 1 else 224
-        cam_grid = render_grid(expl, "cam", stages, cmap, alpha, scale, cell, models_as_columns=True)
-        attention_grid = render_grid(expl, "spatial", stages, cmap, alpha, scale, cell, models_as_columns=True)
-        for r in expl.models:
-            if r.name not in cached.channel_plots:
-                cached.channel_plots[r.name] = channel_plot(r)
-        plots = [p for p in (cached.channel_plots[r.name] for r in expl.models) if p is not None]
-        channels = _stack(plots) if plots else None
-        cams = render_overlays(expl, "cam", stages, cmap, alpha, scale, image=cached.display)
-        gallery = [(img, f"{name} · {s} · {CAM_TITLES.get(expl.cam_method, expl.cam_method)}")
-                   for (name, s), img in cams.items()]
-        return CompareView(cam_grid, attention_grid, channels, gallery, self.predictions(expl),
-                           predictions_table(expl))
+        return render_view(self.result(key), stage, cmap, alpha, scale)
 
     @staticmethod
     def predictions(expl: Explanation) -> dict:
+        """Top-5, CAM target and per-stage map statistics of every model (what the API returns)."""
+        def stats(summary: dict) -> dict:
+            return {kind: {k: summary[kind][k] for k in ("min", "max", "mean")}
+                    for kind in ("cam", "spatial", "activation") if summary.get(kind)}
+
         return {r.name: {"attention": r.attention,
                          "top5": [{"class_id": p.class_id, "name": p.name, "prob": round(p.prob, 5)}
                                   for p in r.predictions],
-                         "cam_target": r.target.name} for r in expl.models}
+                         "cam_target": r.target.name,
+                         "maps": {s: stats(stage_summary(r, s)) for s in STAGES}} for r in expl.models}
 
     def status_line(self, result: CachedResult) -> str:
         expl = result.explanation
@@ -248,6 +240,23 @@ class Service:
                 for name, e in self.zoo.entries.items()}
 
 
+def render_view(cached: CachedResult, stage: str = ALL_STAGES, cmap: str = "jet", alpha: float = 0.5,
+                scale: str = "stage") -> CompareView:
+    """Everything the compare view shows, drawn from a result: grids, channel plot, overlays, tables."""
+    expl = cached.explanation
+    stages = _stages(stage)
+    cell = 320 if len(stages) == 1 else 224
+    cam_grid = render_grid(expl, "cam", stages, cmap, alpha, scale, cell, models_as_columns=True)
+    attention_grid = render_grid(expl, "spatial", stages, cmap, alpha, scale, cell, models_as_columns=True)
+    if cached.channel_plot is None:  # does not depend on the display controls: drawn once per result
+        cached.channel_plot = channel_plot(expl.models) or False
+    cams = render_overlays(expl, "cam", stages, cmap, alpha, scale, image=cached.display)
+    gallery = [(img, f"{name} · {s} · {CAM_TITLES.get(expl.cam_method, expl.cam_method)}")
+               for (name, s), img in cams.items()]
+    return CompareView(cam_grid, attention_grid, cached.channel_plot or None, gallery,
+                       Service.predictions(expl), predictions_table(expl))
+
+
 def formula(attention: str) -> str:
     return {
         "ssa": "**SSA**: `seW = GAP(X)` · `saW = σ(BN(mean_c(seW·X)))` · `Y = saW·X` (2 parameters per block)",
@@ -267,16 +276,6 @@ def predictions_table(expl: Explanation) -> str:
                  for r in expl.models]
         rows.append(f"| {k + 1} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-def _stack(images: list[Image.Image]) -> Image.Image:
-    w = max(i.width for i in images)
-    out = Image.new("RGB", (w, sum(i.height for i in images)), "white")
-    y = 0
-    for img in images:
-        out.paste(img, (0, y))
-        y += img.height
-    return out
 
 
 def _range(v: np.ndarray) -> str:

@@ -126,6 +126,11 @@ def discover(dirs: list[Path] | None = None, include_online: bool = True) -> Zoo
                 continue
             found.append((path, card))
 
+    # Within a family, list models in the registry's order (none, se, ssa, salient, cbam).
+    from .layers import ATTENTION_TYPES
+
+    order = list(ATTENTION_TYPES)
+    found.sort(key=lambda item: (order.index(item[1].attention), item[1].name))
     # Name families by dataset; tell apart same-dataset checkpoints with other classes.
     family_names: dict[tuple, str] = {}
     for path, card in found:

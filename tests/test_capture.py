@@ -122,3 +122,24 @@ def test_capture_runs_the_model_once():
     cap = capture_attention(model, torch.randn(1, 3, 64, 64), keep_graph=True)
     compute_cams(model, torch.randn(1, 3, 64, 64), cap, "gradcam")
     assert model_calls() - before == 1
+
+
+def test_a_batch_gives_each_image_its_own_result():
+    from ssaviz.checkpoints import ModelCard
+    from ssaviz.explain import explain_images, explain_model
+    from tests.conftest import IMAGENETTE_IDS, IMAGENETTE_NAMES, rand_image
+
+    model = tiny_model("cbam")
+    card = ModelCard(name="m", dataset="imagenette", class_ids=IMAGENETTE_IDS, class_names=IMAGENETTE_NAMES,
+                     attention="cbam", depth=18, width=0.125, input_size=64)
+    images = [rand_image(96, 64, seed=s) for s in range(5)] + [rand_image(64, 64, seed=9)]
+    before = model_calls()
+    batched = explain_images([("m", model, card)], images, batch_size=4)
+    assert model_calls() - before == 3  # 4 + 1 of the 3:2 images, then the square one
+    for img, expl in zip(images, batched):
+        single = explain_model(model, card, img)
+        got = expl.models[0]
+        assert got.predictions[0].index == single.predictions[0].index
+        for s in STAGES:
+            np.testing.assert_allclose(got.cams[s], single.cams[s], rtol=1e-3, atol=1e-5)
+            np.testing.assert_allclose(got.blocks[s][-1].spatial, single.blocks[s][-1].spatial, rtol=1e-4, atol=1e-6)

@@ -88,3 +88,64 @@ def test_unknown_model_and_device(tiny_zoo, photo_path, tmp_path):
                           "no model 'nope'")
     assert_one_line_error(run_cli("explain", photo_path, "--out", tmp_path, "--device", "tpu", env_extra=env),
                           "unknown device")
+
+
+def odd_images(directory):
+    """One file per odd-but-valid kind of image."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    rgb = Image.fromarray(rng.integers(0, 255, (120, 90, 3), dtype=np.uint8))
+    files = {}
+    rgb.convert("CMYK").save(files.setdefault("cmyk", directory / "cmyk.jpg"))
+    Image.frombytes("I;16", (90, 120), rng.integers(0, 65535, (120, 90), dtype=np.uint16).tobytes()).save(
+        files.setdefault("sixteen", directory / "sixteen.png"))
+    rgb.convert("P").save(files.setdefault("palette", directory / "palette.gif"))
+    rgb.convert("RGBA").save(files.setdefault("rgba", directory / "rgba.png"))
+    rgb.convert("L").save(files.setdefault("grey", directory / "grey.bmp"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rgb.save(files.setdefault("rotated", directory / "rotated.jpg"), exif=exif.tobytes())
+    Image.new("RGB", (2000, 3), "green").save(files.setdefault("thin", directory / "thin.webp"))
+    Image.new("RGB", (1, 1), "blue").save(files.setdefault("tiny", directory / "tiny.tiff"))
+    return files
+
+
+def test_explain_accepts_every_odd_but_valid_kind(tiny_zoo, tmp_path):
+    files = odd_images(tmp_path)
+    out = tmp_path / "out"
+    proc = run_cli("explain", *files.values(), "--out", out, "--models", "tiny_ssa,tiny_se",
+                   env_extra={"SSAVIZ_CHECKPOINTS": str(tiny_zoo)})
+    assert proc.returncode == 0, proc.stderr
+    for kind, path in files.items():
+        summary = json.loads((out / f"{path.stem}.json").read_text())
+        assert set(summary["models"]) == {"tiny_ssa", "tiny_se"}, kind
+    assert json.loads((out / "rotated.json").read_text())["image_size"] == [120, 90]  # upright
+    assert json.loads((out / "thin.json").read_text())["models"]["tiny_ssa"]["input_size"] == [128, 64]
+
+
+def test_explain_refuses_each_broken_kind_in_one_line(tiny_zoo, tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    photo = (ROOT / "assets" / "coffee.jpg").read_bytes()
+    cases = {
+        "empty.jpg": (b"", "empty"),
+        "notes.png": (b"meeting notes, not a picture", "not an image"),
+        "truncated.jpg": (photo[: len(photo) // 3], "damaged or truncated"),
+        "bomb.png": (bomb, "million pixel limit"),
+        "huge.png": (photo + b"\0" * (21 * 2**20), "over the 20 MB limit"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        proc = run_cli("explain", path, "--out", tmp_path / "o", env_extra={"SSAVIZ_CHECKPOINTS": str(tiny_zoo)})
+        assert_one_line_error(proc, message)

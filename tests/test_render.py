@@ -74,6 +74,8 @@ def test_grid_and_legend_and_channel_plots(explanation):
     plots = {r.name: channel_plot(r) for r in explanation.models}
     assert plots["m_none"] is None and plots["m_salient"] is None
     assert all(plots[n].size[0] > 500 for n in ("m_se", "m_ssa", "m_cbam"))
+    together = channel_plot(explanation.models)  # one row per model with channel weights
+    assert together.size[1] > 2.5 * plots["m_se"].size[1]
 
 
 def test_summary_has_every_stage(explanation):
