@@ -6,6 +6,7 @@
 import functools
 import logging
 import os
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -168,6 +169,8 @@ def build_demo(service: Service) -> gr.Blocks:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = Service()
+    # Import the CAM and plotting libraries and load the default models while the server starts.
+    threading.Thread(target=service.warm_up, name="warm-up", daemon=True).start()
     demo = build_demo(service)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
     demo.launch(

@@ -128,7 +128,8 @@ def cold_start_seconds(env_extra: dict, timeout: float = 120.0) -> float:
                 if time.perf_counter() - t0 > timeout:
                     raise TimeoutError("app.py did not start")
                 time.sleep(0.05)
-        Client(url, verbose=False).predict(handle_file(str(BENCH_IMAGE)), api_name="/compare")
+        # The answer counts, not the client fetching the result images afterwards.
+        Client(url, verbose=False, download_files=False).predict(handle_file(str(BENCH_IMAGE)), api_name="/compare")
         return time.perf_counter() - t0
     finally:
         proc.terminate()

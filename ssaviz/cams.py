@@ -36,17 +36,24 @@ CAM_TITLES = {
 
 
 def cam_method(name: str, model: nn.Module):
-    """A pytorch-grad-cam method object with no hooks of its own (no target layers)."""
+    """A pytorch-grad-cam method object with no hooks of its own (no target layers).
+
+    Kept on the model (a cycle the garbage collector frees with it): the
+    objects hold no per-request state, and building one walks the whole model
+    (it calls ``model.eval()``).
+    """
     key = name.lower().replace("-", "").replace("_", "").replace(" ", "")
     key = {"gradcamplusplus": "gradcam++", "gradcampp": "gradcam++"}.get(key, key)
     if key not in CAM_METHODS:
         raise SsavizError(f"unknown CAM method {name!r}; choose one of {', '.join(CAM_METHODS)}")
-    module, cls = CAM_METHODS[key]
-    method_cls = getattr(import_module(f"pytorch_grad_cam.{module}"), cls)
-    method = method_cls(model, target_layers=[])
-    if key == "scorecam":
-        method.batch_size = 64
-    return method
+    methods = model.__dict__.setdefault("_ssaviz_cam_methods", {})
+    if key not in methods:
+        module, cls = CAM_METHODS[key]
+        method = getattr(import_module(f"pytorch_grad_cam.{module}"), cls)(model, target_layers=[])
+        if key == "scorecam":
+            method.batch_size = 64
+        methods[key] = method
+    return methods[key]
 
 
 class _ClassTarget:

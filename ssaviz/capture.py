@@ -123,9 +123,12 @@ def capture_attention(model: nn.Module, x: torch.Tensor, attention: str | None =
         names = [f"{stage}.{i}" for i in range(n)]
         # Blocks of a stage share their shape: reduce and copy them to NumPy together
         # (a few large ops instead of many small ones keeps capture close to a bare forward).
-        acts = _numpy(torch.stack([out[f"{b}:out"][0] for b in names]))  # (n, N, H, W)
-        spatial = (_numpy(torch.stack([out[f"{b}:spatial"][:, 0] for b in names]))
-                   if f"{names[0]}:spatial" in out else None)
+        maps = [out[f"{b}:out"][0] for b in names]  # channel-means, (N, H, W) each
+        has_spatial = f"{names[0]}:spatial" in out
+        if has_spatial:  # same shape as the activation maps: one copy to NumPy for both
+            maps += [out[f"{b}:spatial"][:, 0] for b in names]
+        stacked = _numpy(torch.stack(maps))
+        acts, spatial = stacked[:n], (stacked[n:] if has_spatial else None)
         channel = (_numpy(torch.stack([out[f"{b}:channel"].flatten(1) for b in names]))
                    if f"{names[0]}:channel" in out else None)
         shape = out[f"{names[-1]}:out"][1]

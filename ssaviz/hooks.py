@@ -31,11 +31,15 @@ class ForwardRecorder:
 
     def _hook(self, name: str):
         reducer = self.reduce.get(name)
+        keep = name in self.keep_graph
 
         def record(module, inputs, output):
             if threading.get_ident() != self._thread:
                 return
-            value = output if name in self.keep_graph else output.detach()
+            if keep or not output.requires_grad:  # nothing to detach from
+                value = output
+            else:
+                value = output.detach()
             self.outputs[name] = reducer(value) if reducer else value
 
         return record

@@ -157,14 +157,17 @@ CHANNEL_WHAT = {"se": "SE excitation s", "cbam": "CBAM channel attention", "ssa"
 
 
 class _ChannelFigure:
-    """A drawn channel-weight figure for one layout, reused: a new image only updates the lines.
+    """A channel-weight figure for one layout, drawn once and then re-used by blitting.
 
-    Building the axes, ticks and labels is most of matplotlib's cost; with the
-    same models (the usual case) only the data changes between requests.
+    Axes, ticks and labels (most of matplotlib's cost) are drawn once into a
+    background; a new result restores it and draws only its lines. Every
+    panel has a fixed scale so the background stays valid: gates in [0, 1],
+    SSA's unbounded squeeze vector divided by its largest magnitude.
     """
 
     def __init__(self, rows: list[ModelResult], stages: tuple[str, ...], width_px: int, row_px: int):
         import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         from .layers import attention_spec
@@ -174,42 +177,43 @@ class _ChannelFigure:
         height_in = row_px * len(rows) / dpi + 0.3
         self.fig = Figure(figsize=(width_px / dpi, height_in), dpi=dpi)
         axes = self.fig.subplots(len(rows), len(stages), squeeze=False)
-        self.lines, self.free_axes = [], []
-        # Few text labels: text layout is most of what matplotlib spends on a redraw.
+        self.lines, self.scaled = [], []
         for ax_row, r in zip(axes, rows):
             gate = attention_spec(r.attention).channel_is_gate
             for j, (ax, stage) in enumerate(zip(ax_row, stages)):
                 blocks = r.blocks[stage]
                 c = blocks[-1].shape[0]
                 for i in range(len(blocks)):
-                    (line,) = ax.plot(np.arange(c), np.zeros(c), lw=1.1, color=ramp(0.85 * i / max(1, len(blocks) - 1)))
+                    (line,) = ax.plot(np.arange(c), np.zeros(c), lw=1.1, animated=True,
+                                      color=ramp(0.85 * i / max(1, len(blocks) - 1)))
                     self.lines.append(line)
-                if gate:  # weights in [0, 1]: one fixed scale per row, labelled once
-                    ax.axhline(0.5, color="gray", lw=0.7, ls="--")
-                    ax.set_ylim(-0.03, 1.03)
-                    ax.set_yticks([0, 0.5, 1])
-                    ax.tick_params(labelleft=j == 0)
-                else:  # SSA's squeeze vector: unbounded, each panel its own scale
-                    ax.locator_params(axis="y", nbins=3)
-                    self.free_axes.append(ax)
+                    self.scaled.append(not gate)
+                ax.axhline(0.5 if gate else 0.0, color="gray", lw=0.7, ls="--")
+                ax.set_ylim(-0.03 if gate else -1.05, 1.03 if gate else 1.05)
+                ax.set_yticks([0, 0.5, 1] if gate else [-1, 0, 1])
+                ax.tick_params(labelsize=7, length=2, pad=1, labelleft=j == 0)
                 ax.set_xlim(-0.5, c - 0.5)
                 ax.set_xticks([])
-                ax.tick_params(labelsize=7, length=2, pad=1)
                 ax.set_title(f"{r.name} · {stage} · {c} ch", fontsize=8, pad=2)
-            ax_row[0].set_ylabel(CHANNEL_WHAT.get(r.attention, "channel weight"), fontsize=7)
+            label = CHANNEL_WHAT.get(r.attention, "channel weight")
+            ax_row[0].set_ylabel(label if gate else "seW / max|seW|", fontsize=7)
         self.fig.text(0.5, 0.003, "channels, sorted by weight; one line per block, from the first (dark) "
                       "to the last (light)", ha="center", va="bottom", fontsize=7)
         self.fig.subplots_adjust(left=0.055, right=0.99, bottom=0.32 / height_in + 0.03, top=1 - 0.22 / height_in,
-                                 wspace=0.18, hspace=0.45)
+                                 wspace=0.12, hspace=0.45)
+        self.canvas = FigureCanvasAgg(self.fig)
+        self.canvas.draw()  # everything but the (animated) lines
+        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
 
     def draw(self, rows: list[ModelResult], stages: tuple[str, ...]) -> Image.Image:
+        self.canvas.restore_region(self.background)
         values = [np.sort(b.channel)[::-1] for r in rows for s in stages for b in r.blocks[s]]
-        for line, v in zip(self.lines, values):
+        for line, v, scaled in zip(self.lines, values, self.scaled):
+            if scaled:
+                v = v / max(float(np.abs(v).max()), 1e-12)
             line.set_ydata(v)
-        for ax in self.free_axes:
-            ax.relim()
-            ax.autoscale_view(scalex=False)
-        return figure_to_image(self.fig)
+            line.axes.draw_artist(line)
+        return Image.fromarray(np.asarray(self.canvas.buffer_rgba())[..., :3].copy(), "RGB")
 
 
 _channel_figures: "OrderedDict[tuple, tuple[threading.Lock, _ChannelFigure]]" = OrderedDict()

@@ -93,6 +93,19 @@ class Service:
         self.store = ModelStore(self.zoo, self.device)
         self.cache = ResultCache(cache_size or CACHE_SIZE)
 
+    def warm_up(self) -> None:
+        """Load the default family and the libraries a first request needs (run it in a thread at start)."""
+        try:
+            import matplotlib.figure  # noqa: F401
+            import pytorch_grad_cam  # noqa: F401
+
+            family = self.default_family()
+            for entry in (self.zoo.family(family) if family else []):
+                if not entry.online:
+                    self.store.get(entry.name)
+        except Exception as error:  # a request will meet the same problem and report it
+            log.warning("warm-up stopped: %s", error)
+
     # ---- choices for the controls -------------------------------------------------
     def families(self) -> list[str]:
         local = self.zoo.local_families()
@@ -269,7 +282,7 @@ def formula(attention: str) -> str:
 
 
 def predictions_table(expl: Explanation) -> str:
-    header = "| rank | " + " | ".join(f"{r.name}" for r in expl.models) + " |"
+    header = "| # | " + " | ".join(f"{r.name}" for r in expl.models) + " |"
     rows = [header, "|---|" + "---|" * len(expl.models)]
     for k in range(max(len(r.predictions) for r in expl.models)):
         cells = [f"{r.predictions[k].name} ({r.predictions[k].prob:.1%})" if k < len(r.predictions) else ""

@@ -6,21 +6,33 @@ classes: a forward hook on ``spatial`` reads an (N, 1, H, W) map, on
 ``channel`` an (N, C, 1, 1) vector.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
-from timm.layers.cbam import CbamModule
-from timm.layers.squeeze_excite import SEModule
 from torch import nn
 
 from .salient import SalientAttn
 from .ssa import SSAttn
 
 
+def se_layer(channels: int) -> nn.Module:
+    # timm is imported when a layer is built, not when ssaviz is: it keeps start-up short.
+    from timm.layers.squeeze_excite import SEModule
+
+    # rd_divisor=1 keeps the paper's C/16 reduction exactly (timm rounds to multiples of 8).
+    return SEModule(channels, rd_ratio=1 / 16, rd_divisor=1)
+
+
+def cbam_layer(channels: int) -> nn.Module:
+    from timm.layers.cbam import CbamModule
+
+    return CbamModule(channels, rd_ratio=1 / 16, rd_divisor=1)
+
+
 @dataclass(frozen=True)
 class AttentionSpec:
     name: str
-    layer: type[nn.Module] | partial | None
+    layer: Callable[[int], nn.Module] | None  # called as layer(channels)
     title: str
     spatial: str | None = None  # submodule whose output is the spatial map
     channel: str | None = None  # submodule whose output is the channel vector
@@ -31,12 +43,11 @@ ATTENTION_TYPES: dict[str, AttentionSpec] = {
     spec.name: spec
     for spec in (
         AttentionSpec("none", None, "ResNet"),
-        # rd_divisor=1 keeps the paper's C/16 reduction exactly (timm rounds to 8).
-        AttentionSpec("se", partial(SEModule, rd_ratio=1 / 16, rd_divisor=1), "SE-ResNet",
+        AttentionSpec("se", se_layer, "SE-ResNet",
                       channel="gate", channel_is_gate=True),
         AttentionSpec("ssa", SSAttn, "SSA-ResNet", spatial="gate", channel="pool"),
         AttentionSpec("salient", SalientAttn, "Salient-ResNet", spatial="gate"),
-        AttentionSpec("cbam", partial(CbamModule, rd_ratio=1 / 16, rd_divisor=1), "CBAM-ResNet",
+        AttentionSpec("cbam", cbam_layer, "CBAM-ResNet",
                       spatial="spatial.gate", channel="channel.gate", channel_is_gate=True),
     )
 }
