@@ -1,8 +1,11 @@
 """The real server, driven with gradio_client."""
 
+import urllib.request
+
 import pytest
 from gradio_client import Client, handle_file
 
+from tests.conftest import ROOT
 from tests.server import running_app
 
 MODELS = ["tiny_cbam", "tiny_none", "tiny_salient", "tiny_se", "tiny_ssa"]
@@ -63,3 +66,43 @@ def test_a_broken_upload_is_a_message_and_the_server_lives_on(app, tmp_path, pho
         compare(client, text)
     assert proc.poll() is None
     assert set(compare(client, photo_path, models=["tiny_se"])[6]) == {"tiny_se"}
+
+
+def test_the_app_starts_with_hostile_and_broken_checkpoints(tmp_path, tiny_zoo):
+    import json
+    import pickle
+    import shutil
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    hostile = tmp_path / "ckpts"
+    hostile.mkdir()
+    shutil.copy(tiny_zoo / "tiny_ssa.safetensors", hostile)
+    shutil.copy(tiny_zoo / "tiny_ssa.json", hostile)
+    for name in ("evil.pt", "evil.bin", "evil.ckpt", "model.safetensors"):
+        (hostile / name).write_bytes(pickle.dumps(Payload()))
+    card = json.loads((tiny_zoo / "tiny_se.json").read_text())
+    (hostile / "model.json").write_text(json.dumps({**card, "name": "model"}))
+    shutil.copy(tiny_zoo / "tiny_se.safetensors", hostile / "mismatch.safetensors")
+    (hostile / "mismatch.json").write_text(json.dumps({**card, "name": "mismatch", "attention": "cbam"}))
+    shutil.copy(tiny_zoo / "tiny_none.safetensors", hostile / "nocard.safetensors")
+    (hostile / "badcard.json").write_text("{")
+    shutil.copy(tiny_zoo / "tiny_none.safetensors", hostile / "badcard.safetensors")
+
+    with running_app({"SSAVIZ_BUNDLED": "0", "SSAVIZ_CHECKPOINTS": str(hostile)}) as (url, proc):
+        client = Client(url, verbose=False)
+        assert client.predict(api_name="/stats")["model_calls"] == 0
+        out = client.predict(handle_file(str(ROOT / "assets" / "coffee.jpg")), "imagenette", ["tiny_ssa"], "gradcam",
+                             "predicted class", "all", "jet", 0.5, "stage", api_name="/compare")
+        assert set(out[6]) == {"tiny_ssa"}
+        page = urllib.request.urlopen(url + "config").read().decode()
+        assert proc.poll() is None
+    for text in ("evil.pt: skipped", "never loaded", "model.safetensors: not a readable safetensors file",
+                 "mismatch.safetensors does not match its card", "nocard.json: model card is missing",
+                 "badcard.json: model card is not valid JSON"):
+        assert text in page, text
+    assert not marker.exists()
