@@ -140,7 +140,7 @@ def build_demo(service: Service) -> gr.Blocks:
                         "and the module's formula with this image's numbers. Run a comparison first.")
             with gr.Row():
                 model_pick = gr.Dropdown(service.model_names(family0), value=(service.model_names(family0) or [None])[0],
-                                         label="Model")
+                                         label="Model", elem_id="stage-model")
                 show = gr.Button("Show every block", elem_id="stage-button")
             block_gallery = gr.Gallery(label="Blocks", columns=4, height="auto", elem_id="blocks")
             block_table = gr.Markdown(label="Blocks and formula", elem_id="block-table")

@@ -76,9 +76,12 @@ def test_the_whole_journey_in_a_browser(browser_page, photo_path, tmp_path):
 
     # Stage-by-stage view: every block of one model.
     page.get_by_role("tab", name="Stage by stage").click()
+    page.locator("#stage-model input").click()
+    page.get_by_role("option", name="tiny_ssa").click()
     page.click("#stage-button")
     wait_for_gallery(page, "blocks", 8)
-    assert "seW" in page.inner_text("#block-table") or "σ" in page.inner_text("#block-table")
+    page.wait_for_function("() => document.querySelector('#block-table').innerText.includes('seW = GAP(X)')")
+    assert "layer4.1" in page.inner_text("#block-table")
     page.screenshot(path=str(SHOTS / "stage_by_stage.png"), full_page=True)
 
     # Zoo view.
