@@ -145,7 +145,7 @@ def build_demo(service: Service) -> gr.Blocks:
             block_gallery = gr.Gallery(label="Blocks", columns=4, height="auto", elem_id="blocks")
             block_table = gr.Markdown(label="Blocks and formula", elem_id="block-table")
         with gr.Tab("Model zoo"):
-            zoo = gr.Markdown(service.zoo_markdown(), elem_id="zoo")
+            gr.Markdown(service.zoo_markdown(), elem_id="zoo")
 
         stats = gr.JSON(visible=False, label="server stats")
         stats_button = gr.Button(visible=False)

@@ -126,7 +126,7 @@ def cold_start_seconds(env_extra: dict, timeout: float = 120.0) -> float:
                 break
             except OSError:
                 if time.perf_counter() - t0 > timeout:
-                    raise TimeoutError("app.py did not start")
+                    raise TimeoutError("app.py did not start") from None
                 time.sleep(0.05)
         # The answer counts, not the client fetching the result images afterwards.
         Client(url, verbose=False, download_files=False).predict(handle_file(str(BENCH_IMAGE)), api_name="/compare")

@@ -103,7 +103,7 @@ def _cmd_explain(args) -> int:
     from .render import channel_plot, render_grid
 
     explanations = explain_images(models, [img for _, img in images], args.cam, target, args.batch_size)
-    for (path, image), expl in zip(images, explanations):
+    for (path, _), expl in zip(images, explanations):
         stem = path.stem
         written = []
         for kind in ("cam", "spatial"):

@@ -128,7 +128,7 @@ def color_ranges(expl: Explanation, kind: str, mode: str = "map",
     if mode == "map":
         return own
     pooled: dict = {}
-    for (name, s), (m, poolable) in maps.items():
+    for (_, s), (m, poolable) in maps.items():
         if not poolable:
             continue
         group = s if mode == "stage" else "all"

@@ -35,7 +35,7 @@ def running_app(env_extra: dict, timeout: float = 120.0):
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise TimeoutError("app.py did not start")
+                    raise TimeoutError("app.py did not start") from None
                 time.sleep(0.3)
         yield url, proc
     finally:

@@ -40,7 +40,7 @@ def test_explain_end_to_end(tiny_zoo, photo_path, tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "coffee.json").read_text())
     assert set(summary["models"]) == {"tiny_none", "tiny_se", "tiny_ssa", "tiny_salient", "tiny_cbam"}
-    for name, m in summary["models"].items():
+    for m in summary["models"].values():
         assert len(m["predictions"]) == 5
         assert set(m["stages"]) == {"layer1", "layer2", "layer3", "layer4"}
         for stage in m["stages"].values():
@@ -92,7 +92,6 @@ def test_unknown_model_and_device(tiny_zoo, photo_path, tmp_path):
 
 def odd_images(directory):
     """One file per odd-but-valid kind of image."""
-    import io
 
     import numpy as np
     from PIL import Image
