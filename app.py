@@ -145,11 +145,13 @@ def build_demo(service: Service) -> gr.Blocks:
             block_gallery = gr.Gallery(label="Blocks", columns=4, height="auto", elem_id="blocks")
             block_table = gr.Markdown(label="Blocks and formula", elem_id="block-table")
         with gr.Tab("Model zoo"):
-            gr.Markdown(service.zoo_markdown(), elem_id="zoo")
+            zoo = gr.Markdown("Loading the zoo…", elem_id="zoo")
 
         stats = gr.JSON(visible=False, label="server stats")
         stats_button = gr.Button(visible=False)
 
+        # Filled when a page opens (not at start-up): counting the online models' FLOPs takes a moment.
+        demo.load(service.zoo_markdown, None, zoo, api_name="zoo")
         display = [stage, cmap, alpha, scale]
         run.click(compare, [image, family, models, cam, target, *display],
                   [key, table, cam_grid, attention_grid, channels, gallery, predictions, status],

@@ -9,6 +9,7 @@ running any model.
 import hashlib
 import logging
 import os
+from functools import lru_cache
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -234,15 +235,18 @@ class Service:
 
     # ---- zoo ----------------------------------------------------------------------
     def zoo_markdown(self) -> str:
-        rows = ["| model | family | attention | classes | top-1 | top-5 | parameters | added by attention | FLOPs | status |",
+        rows = ["| model | family | attention | classes | top-1 | top-5 | parameters | added by attention | FLOPs (2×MAC) | status |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for e in self.zoo.entries.values():
             c = e.card
             acc = c.accuracy or {}
+            params, attn_params, flops = c.parameters, c.attention_parameters, c.flops
+            if None in (params, attn_params, flops):  # cards of online entries carry no numbers
+                params, attn_params, flops = architecture_stats(c.config, c.input_size)
             rows.append(
                 f"| {e.name} | {e.family} | {attention_spec(c.attention).title} | {len(c.class_ids)} | "
-                f"{_pct(acc.get('top1'))} | {_pct(acc.get('top5'))} | {_num(c.parameters)} | "
-                f"{_num(c.attention_parameters)} | {_num(c.flops)} | {e.status()} |")
+                f"{_pct(acc.get('top1'))} | {_pct(acc.get('top5'))} | {_num(params)} | "
+                f"{_num(attn_params)} | {_num(flops)} | {e.status()} |")
         out = "\n".join(rows)
         if self.zoo.problems:
             out += "\n\n**Left out of the zoo:**\n\n" + "\n".join(f"- {p}" for p in self.zoo.problems)
@@ -289,6 +293,19 @@ def predictions_table(expl: Explanation) -> str:
                  for r in expl.models]
         rows.append(f"| {k + 1} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+@lru_cache(maxsize=64)
+def architecture_stats(config, input_size: int) -> tuple[int, int, int]:
+    """(parameters, parameters of the attention layers, FLOPs at input_size) of an architecture,
+    counted on the meta device: no memory, no weights needed."""
+    import torch
+
+    from .resnet import ResNet, attention_parameters, count_flops
+
+    with torch.device("meta"):
+        model = ResNet(config)
+    return sum(p.numel() for p in model.parameters()), attention_parameters(model), count_flops(model, input_size)
 
 
 def _range(v: np.ndarray) -> str:

@@ -96,3 +96,23 @@ def test_family_mismatch_and_unknown_model(service, photo_path):
         service.compare(photo_path, models=["resnet50"])
     with pytest.raises(SsavizError, match="no model family"):
         service.compare(photo_path, family="cifar10")
+
+
+def test_online_family_offline_is_a_clear_message(service, photo_path, monkeypatch, tmp_path):
+    import socket
+
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty download cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    from ssaviz import online
+
+    monkeypatch.setattr(online, "cached_path", lambda name, cache_dir=None: None)
+    with pytest.raises(SsavizError, match="needs a network connection"):
+        service.compare(photo_path, family="imagenet-1k", models=["resnet50"])
+    # The local family still works afterwards.
+    assert service.compare(photo_path, models=["tiny_ssa"])[1].explanation.models[0].name == "tiny_ssa"
