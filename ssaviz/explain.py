@@ -6,7 +6,7 @@ gradient CAMs, one backward of the target logit serving every stage.
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -72,7 +72,6 @@ class Explanation:
     device: str
     seconds: float
     key: str = ""  # cache key of this request
-    extra: dict = field(default_factory=dict)
 
 
 def _predictions(card: ModelCard, probs: np.ndarray, indices: np.ndarray) -> list[Prediction]:

@@ -42,22 +42,11 @@ def font(size: int = 14) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def upsample(map2d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an (h, w) map to ``size`` = (width, height)."""
-    img = Image.fromarray(np.ascontiguousarray(map2d, dtype=np.float32), mode="F")
-    return np.asarray(img.resize(size, Image.BILINEAR), dtype=np.float32)
-
-
 def normalise(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     span = hi - lo
     if not np.isfinite(span) or span <= 1e-12:
         return np.zeros_like(values, dtype=np.float32)
     return np.clip((values - lo) / span, 0.0, 1.0)
-
-
-def colorize(map2d: np.ndarray, lo: float, hi: float, cmap: str = "jet") -> np.ndarray:
-    idx = (normalise(map2d, lo, hi) * 255.0 + 0.5).astype(np.uint8)
-    return colormap_lut(cmap)[idx]
 
 
 @lru_cache(maxsize=32)

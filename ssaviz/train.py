@@ -14,7 +14,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -50,7 +50,6 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps (0: no limit), for smoke tests
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    extra: dict = field(default_factory=dict)
 
 
 PRESETS = {
@@ -259,7 +258,7 @@ def train(cfg: TrainConfig, data_path: Path, out_dir: Path, name: str, val_path:
         card.flops = count_flops(cpu_model, cfg.eval_size)
         card.hardware = f"{hardware_name(dev)}" + (f" x{world}" if world > 1 else "")
         card.date = dt.date.today().isoformat()
-        recipe = {k: v for k, v in asdict(cfg).items() if k not in ("mean", "std", "extra", "max_steps")}
+        recipe = {k: v for k, v in asdict(cfg).items() if k not in ("mean", "std", "max_steps")}
         recipe.update(train_data=Path(data_path).name, train_images=len(train_set), steps=step,
                       training_seconds=round(train_seconds, 1), processes=world,
                       augmentation=f"random-resized-crop {cfg.crop_scale} + flip at {cfg.train_size}px",

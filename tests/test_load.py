@@ -79,6 +79,7 @@ def test_many_clients_get_their_own_results_and_memory_stays_flat(tiny_zoo, imag
         run_load(url, images, expected)
         after = client.predict(api_name="/stats")
         assert proc.poll() is None
+    print(f"resident memory after warm-up {warm['rss_mb']} MB, after the load {after['rss_mb']} MB")
     assert after["rss_mb"] - warm["rss_mb"] < 150, (warm, after)
     assert after["cache_entries"] <= after["cache_capacity"] == 6
     assert after["hooks_on_models"] == 0
