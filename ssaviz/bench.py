@@ -83,7 +83,9 @@ def baseline_request(models, image_path: Path, display_long_side: int):
         results.append(ModelResult(name, card, _predictions(card, probs, np.argsort(-probs)[:5]),
                                    _predictions(card, probs, [top1])[0], blocks, cams, size))
     expl = Explanation(image, "gradcam", None, results, str(x.device), 0.0)
-    return render_view(CachedResult(expl, display_copy(image, display_long_side)))
+    display = display_copy(image, display_long_side)
+    expl.image = display
+    return render_view(CachedResult(expl, display, image.size))
 
 
 def batch_images(n: int) -> list[Image.Image]:

@@ -49,6 +49,7 @@ class CompareView:
 class CachedResult:
     explanation: Explanation
     display: Image.Image  # the image at display size, overlays are drawn on it
+    original_size: tuple[int, int] = (0, 0)
     channel_plot: Image.Image | bool | None = None  # None: not drawn yet; False: no model has channel weights
 
 
@@ -169,7 +170,11 @@ class Service:
 
         expl = explain_image(loaded, image, cam, target_index, progress=step)
         expl.key = key
-        result = CachedResult(expl, display_copy(image, DISPLAY_LONG_SIDE))
+        # The app draws at display size only: keep that copy, not the full photo (a cached
+        # 40-megapixel upload would otherwise hold 120 MB).
+        display = display_copy(image, DISPLAY_LONG_SIDE)
+        expl.image = display
+        result = CachedResult(expl, display, image.size)
         self.cache.put(key, result)
         return key, result
 
@@ -200,7 +205,7 @@ class Service:
     def status_line(self, result: CachedResult) -> str:
         expl = result.explanation
         return (f"{len(expl.models)} models on {self.device_note()} in {expl.seconds:.2f} s "
-                f"({CAM_TITLES.get(expl.cam_method, expl.cam_method)}); image {expl.image.size[0]}x{expl.image.size[1]}")
+                f"({CAM_TITLES.get(expl.cam_method, expl.cam_method)}); image {result.original_size[0]}x{result.original_size[1]}")
 
     # ---- stage by stage -----------------------------------------------------------
     def stage_by_stage(self, key: str, model: str, cmap: str = "jet", alpha: float = 0.5) -> tuple[list, str]:

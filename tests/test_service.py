@@ -116,3 +116,11 @@ def test_online_family_offline_is_a_clear_message(service, photo_path, monkeypat
         service.compare(photo_path, family="imagenet-1k", models=["resnet50"])
     # The local family still works afterwards.
     assert service.compare(photo_path, models=["tiny_ssa"])[1].explanation.models[0].name == "tiny_ssa"
+
+
+def test_cached_results_keep_the_display_copy_not_the_full_photo(service):
+    key, result = service.compare(rand_image(3000, 2000, seed=7), models=["tiny_ssa"])
+    assert max(result.explanation.image.size) <= 640 and result.display.size == result.explanation.image.size
+    assert result.original_size == (3000, 2000)
+    assert "image 3000x2000" in service.status_line(result)
+    assert service.render(key).gallery[0][0].size == result.display.size
