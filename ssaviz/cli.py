@@ -100,7 +100,7 @@ def _cmd_explain(args) -> int:
     target = _parse_target(args.target, models[0][2])
     out.mkdir(parents=True, exist_ok=True)
     from .explain import explain_images, explanation_summary
-    from .render import channel_plot, render_grid
+    from .render import channel_plot, render_grid, render_overlays
 
     explanations = explain_images(models, [img for _, img in images], args.cam, target, args.batch_size)
     for (path, _), expl in zip(images, explanations):
@@ -111,6 +111,13 @@ def _cmd_explain(args) -> int:
             name = out / f"{stem}_{args.cam if kind == 'cam' else 'attention'}_grid.png"
             grid.save(name)
             written.append(name.name)
+        if args.overlays:  # full resolution, for export
+            for kind in ("cam", "spatial"):
+                for (model, stage), img in render_overlays(expl, kind, cmap=args.colormap, alpha=args.alpha,
+                                                           mode=args.scale).items():
+                    name = f"{stem}_{model}_{stage}_{args.cam if kind == 'cam' else 'attention'}.png"
+                    img.save(out / name)
+                    written.append(name)
         plot = channel_plot(expl.models)
         if plot is not None:
             plot.save(out / f"{stem}_channels.png")
@@ -148,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1")
     p.add_argument("--scale", default="stage", choices=list(SCALE_MODES), help="colour-scale mode")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward (same aspect ratio batch)")
+    p.add_argument("--overlays", action="store_true",
+                   help="also write every model's and stage's overlay at the image's full resolution")
     p.set_defaults(func=_cmd_explain)
 
     for register in _extra_commands():

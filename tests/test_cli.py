@@ -55,9 +55,14 @@ def test_explain_end_to_end(tiny_zoo, photo_path, tmp_path):
 
 def test_explain_with_target_and_models(tiny_zoo, photo_path, tmp_path):
     proc = run_cli("explain", photo_path, "--out", tmp_path, "--models", "tiny_ssa,tiny_none",
-                   "--target", "church", "--device", "cpu", env_extra={"SSAVIZ_CHECKPOINTS": str(tiny_zoo)})
+                   "--target", "church", "--device", "cpu", "--overlays", env_extra={"SSAVIZ_CHECKPOINTS": str(tiny_zoo)})
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "coffee.json").read_text())
+    from PIL import Image
+
+    with Image.open(tmp_path / "coffee_tiny_ssa_layer3_gradcam.png") as full:
+        assert full.size == (600, 400)  # export at the photo's full resolution
+    assert (tmp_path / "coffee_tiny_none_layer1_attention.png").exists()
     assert set(summary["models"]) == {"tiny_ssa", "tiny_none"}
     assert all(m["target"]["name"] == "church" for m in summary["models"].values())
 
