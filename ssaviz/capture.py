@@ -61,30 +61,44 @@ class Capture:
         self.graph_logits = None
 
 
-_TARGETS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+@dataclass
+class _Plan:
+    """What to hook in one model, looked up once: a model's modules never change."""
+    attention: str
+    targets: dict[str, nn.Module]  # block outputs and attention submodules
+    graph: dict[str, nn.Module]  # stage -> its last block, kept attached for CAMs
+    reduce: dict
+    blocks: dict[str, list[str]]  # stage -> block names, in order
+    spatial: bool
+    channel: bool
 
 
-def _targets(model: nn.Module, attention: str) -> dict[str, nn.Module]:
-    """Name -> module to hook: every block's output and its attention's spatial/channel submodules."""
-    cached = _TARGETS.get(model)
-    if cached is None or cached[0] != attention:  # a model's modules never change: look them up once
-        cached = _TARGETS[model] = (attention, _find_targets(model, attention))
-    return dict(cached[1])
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, _Plan]" = weakref.WeakKeyDictionary()
 
 
-def _find_targets(model: nn.Module, attention: str) -> dict[str, nn.Module]:
-    spec = attention_spec(attention)
-    targets = {}
-    for stage in STAGES:
-        for i, block in enumerate(getattr(model, stage)):
-            name = f"{stage}.{i}"
-            targets[f"{name}:out"] = block
-            attn = getattr(block, "attn", None)
-            if attn is not None and spec.spatial:
-                targets[f"{name}:spatial"] = attn.get_submodule(spec.spatial)
-            if attn is not None and spec.channel:
-                targets[f"{name}:channel"] = attn.get_submodule(spec.channel)
-    return targets
+def _plan(model: nn.Module, attention: str) -> _Plan:
+    plan = _PLANS.get(model)
+    if plan is None or plan.attention != attention:
+        spec = attention_spec(attention)
+        targets, blocks = {}, {}
+        for stage in STAGES:
+            blocks[stage] = []
+            for i, block in enumerate(getattr(model, stage)):
+                name = f"{stage}.{i}"
+                blocks[stage].append(name)
+                targets[f"{name}:out"] = block
+                attn = getattr(block, "attn", None)
+                if attn is not None and spec.spatial:
+                    targets[f"{name}:spatial"] = attn.get_submodule(spec.spatial)
+                if attn is not None and spec.channel:
+                    targets[f"{name}:channel"] = attn.get_submodule(spec.channel)
+        has_attn = getattr(getattr(model, STAGES[0])[0], "attn", None) is not None
+        plan = _PLANS[model] = _Plan(
+            attention, targets, {f"{s}:graph": getattr(model, s)[-1] for s in STAGES},
+            # Block outputs are reduced to their channel-mean in the hook: nothing large outlives the block.
+            {name: _channel_mean for name in targets if name.endswith(":out")},
+            blocks, bool(spec.spatial) and has_attn, bool(spec.channel) and has_attn)
+    return plan
 
 
 def _channel_mean(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -104,38 +118,49 @@ def capture_attention(model: nn.Module, x: torch.Tensor, attention: str | None =
     another forward.
     """
     attention = attention or getattr(getattr(model, "config", None), "attention", "none")
-    targets = _targets(model, attention)
+    plan = _plan(model, attention)
     if keep_graph:  # the stage outputs, kept whole and attached for the CAMs' backward
-        targets.update({f"{stage}:graph": getattr(model, stage)[-1] for stage in STAGES})
-    # Block outputs are reduced to their channel-mean in the hook: nothing large outlives the block.
-    reduce = {name: _channel_mean for name in targets if name.endswith(":out")}
-    recorder = ForwardRecorder(targets, keep_graph={f"{s}:graph" for s in STAGES} if keep_graph else set(),
-                               reduce=reduce)
+        recorder = ForwardRecorder({**plan.targets, **plan.graph}, keep_graph=set(plan.graph), reduce=plan.reduce)
+    else:
+        recorder = ForwardRecorder(plan.targets, reduce=plan.reduce)
     grad_mode = torch.enable_grad() if keep_graph else torch.inference_mode()
     with recorder, grad_mode:
         logits = model(x)
         count_model_call()
     out = recorder.outputs
 
+    # Every map and vector of every block goes to NumPy in one copy; the arrays are views of it
+    # (one large op instead of dozens of small ones keeps capture close to a bare forward).
+    pieces, shapes = [], []
+    for names in plan.blocks.values():
+        for b in names:
+            mean, shape = out[f"{b}:out"]
+            shapes.append(shape)
+            pieces.append(mean.flatten(1))
+            if plan.spatial:
+                pieces.append(out[f"{b}:spatial"].flatten(1))
+            if plan.channel:
+                pieces.append(out[f"{b}:channel"].flatten(1))
+    flat = _numpy(torch.cat(pieces, dim=1))
+    n_img, offset = flat.shape[0], 0
     blocks: dict[str, list[BlockMaps]] = {}
-    for stage in STAGES:
-        n = len(getattr(model, stage))
-        names = [f"{stage}.{i}" for i in range(n)]
-        # Blocks of a stage share their shape: reduce and copy them to NumPy together
-        # (a few large ops instead of many small ones keeps capture close to a bare forward).
-        maps = [out[f"{b}:out"][0] for b in names]  # channel-means, (N, H, W) each
-        has_spatial = f"{names[0]}:spatial" in out
-        if has_spatial:  # same shape as the activation maps: one copy to NumPy for both
-            maps += [out[f"{b}:spatial"][:, 0] for b in names]
-        stacked = _numpy(torch.stack(maps))
-        acts, spatial = stacked[:n], (stacked[n:] if has_spatial else None)
-        channel = (_numpy(torch.stack([out[f"{b}:channel"].flatten(1) for b in names]))
-                   if f"{names[0]}:channel" in out else None)
-        shape = out[f"{names[-1]}:out"][1]
-        blocks[stage] = [BlockMaps(name=b, shape=shape, activation=acts[i],
-                                   spatial=None if spatial is None else spatial[i],
-                                   channel=None if channel is None else channel[i])
-                         for i, b in enumerate(names)]
+
+    def take(shape: tuple[int, ...]) -> np.ndarray:
+        nonlocal offset
+        size = int(np.prod(shape))
+        view = flat[:, offset:offset + size].reshape(n_img, *shape)
+        offset += size
+        return view
+
+    shape_of = iter(shapes)
+    for stage, names in plan.blocks.items():
+        blocks[stage] = []
+        for b in names:
+            c, h, w = next(shape_of)
+            activation = take((h, w))
+            spatial = take((h, w)) if plan.spatial else None
+            channel = take((c,)) if plan.channel else None
+            blocks[stage].append(BlockMaps(b, (c, h, w), activation, spatial, channel))
     capture = Capture(attention, logits.detach(), blocks)
     if keep_graph:
         capture.graph_logits = logits
