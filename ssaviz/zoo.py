@@ -43,14 +43,21 @@ def checkpoint_dirs() -> list[Path]:
 @dataclass
 class ZooEntry:
     name: str
-    card: ModelCard
+    card_: ModelCard | None  # None: an online entry's card, made on first use
     family: str = ""
     path: Path | None = None  # None for online entries
     online: bool = False
 
     @property
+    def card(self) -> ModelCard:
+        if self.card_ is None:
+            # Building it imports the ImageNet class lists (timm, torchvision): not at start-up.
+            self.card_ = online.online_card(self.name)
+        return self.card_
+
+    @property
     def attention(self) -> str:
-        return self.card.attention
+        return self.card_.attention if self.card_ else online.ONLINE_ENTRIES[self.name].attention
 
     def status(self) -> str:
         return online.status(self.name) if self.online else "ready"
@@ -152,7 +159,7 @@ def discover(dirs: list[Path] | None = None, include_online: bool = True) -> Zoo
     if include_online:
         for name in online.ONLINE_ENTRIES:
             if name not in zoo.entries:
-                zoo.entries[name] = ZooEntry(name, online.online_card(name), ONLINE_FAMILY, online=True)
+                zoo.entries[name] = ZooEntry(name, None, ONLINE_FAMILY, online=True)
     for problem in zoo.problems:
         log.warning(problem)
     return zoo
