@@ -51,6 +51,7 @@ class CachedResult:
     display: Image.Image  # the image at display size, overlays are drawn on it
     original_size: tuple[int, int] = (0, 0)
     channel_plot: Image.Image | bool | None = None  # None: not drawn yet; False: no model has channel weights
+    tables: tuple[dict, str] | None = None  # predictions and their Markdown table, made once
 
 
 class ResultCache:
@@ -275,8 +276,9 @@ def render_view(cached: CachedResult, stage: str = ALL_STAGES, cmap: str = "jet"
     cams = render_overlays(expl, "cam", stages, cmap, alpha, scale, image=cached.display)
     gallery = [(img, f"{name} · {s} · {CAM_TITLES.get(expl.cam_method, expl.cam_method)}")
                for (name, s), img in cams.items()]
-    return CompareView(cam_grid, attention_grid, cached.channel_plot or None, gallery,
-                       Service.predictions(expl), predictions_table(expl))
+    if cached.tables is None:  # nor do the predictions and map statistics
+        cached.tables = (Service.predictions(expl), predictions_table(expl))
+    return CompareView(cam_grid, attention_grid, cached.channel_plot or None, gallery, *cached.tables)
 
 
 def formula(attention: str) -> str:
