@@ -9,6 +9,7 @@ outputs attached to autograd so CAMs need no second forward.
 
 import weakref
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -67,10 +68,25 @@ class _Plan:
     attention: str
     targets: dict[str, nn.Module]  # block outputs and attention submodules
     graph: dict[str, nn.Module]  # stage -> its last block, kept attached for CAMs
-    reduce: dict
     blocks: dict[str, list[str]]  # stage -> block names, in order
     spatial: bool
     channel: bool
+
+    @cached_property
+    def record_order(self) -> list[str]:
+        """Recorded names in the order capture reads them: per block, activation, spatial, channel."""
+        kinds = ["out"] + ["spatial"] * self.spatial + ["channel"] * self.channel
+        return [f"{b}:{k}" for names in self.blocks.values() for b in names for k in kinds]
+
+    @cached_property
+    def reduce(self) -> dict:
+        # Block outputs become their channel-mean in the hook: nothing large outlives the block.
+        return {name: _channel_mean for name in self.targets if name.endswith(":out")}
+
+    @cached_property
+    def reduce_to_numpy(self) -> dict:
+        # On the CPU the hooks hand over NumPy views of the maps: no copies, no work afterwards.
+        return {name: _channel_mean_numpy if name.endswith(":out") else _numpy for name in self.targets}
 
 
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, _Plan]" = weakref.WeakKeyDictionary()
@@ -95,18 +111,32 @@ def _plan(model: nn.Module, attention: str) -> _Plan:
         has_attn = getattr(getattr(model, STAGES[0])[0], "attn", None) is not None
         plan = _PLANS[model] = _Plan(
             attention, targets, {f"{s}:graph": getattr(model, s)[-1] for s in STAGES},
-            # Block outputs are reduced to their channel-mean in the hook: nothing large outlives the block.
-            {name: _channel_mean for name in targets if name.endswith(":out")},
             blocks, bool(spec.spatial) and has_attn, bool(spec.channel) and has_attn)
     return plan
 
 
-def _channel_mean(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    return t.mean(dim=1), tuple(t.shape[1:])
+def _channel_mean(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    return t.mean(dim=1), t.shape[1]
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().float().cpu().numpy()
+    return t.numpy() if t.dtype == torch.float32 else t.float().numpy()
+
+
+def _channel_mean_numpy(t: torch.Tensor) -> tuple[np.ndarray, int]:
+    # A sum and an in-place division of the small result: half the cost of torch's mean here.
+    total = _numpy(t.sum(dim=1))
+    total /= t.shape[1]
+    return total, t.shape[1]
+
+
+def _arrays(out: dict, order: list[str]) -> list:
+    """Recorded tensors off a GPU: one transfer for everything (one sync), then views of it."""
+    tensors = [out[k][0] if k.endswith(":out") else out[k] for k in order]
+    flat = torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1).float().cpu().numpy()
+    ends = np.cumsum([t[0].numel() for t in tensors])
+    arrays = [flat[:, a:b] for a, b in zip([0, *ends[:-1]], ends)]
+    return [(a, out[k][1]) if k.endswith(":out") else a for k, a in zip(order, arrays)]
 
 
 def capture_attention(model: nn.Module, x: torch.Tensor, attention: str | None = None,
@@ -119,48 +149,28 @@ def capture_attention(model: nn.Module, x: torch.Tensor, attention: str | None =
     """
     attention = attention or getattr(getattr(model, "config", None), "attention", "none")
     plan = _plan(model, attention)
+    on_cpu = x.device.type == "cpu"
+    reduce = plan.reduce_to_numpy if on_cpu else plan.reduce
     if keep_graph:  # the stage outputs, kept whole and attached for the CAMs' backward
-        recorder = ForwardRecorder({**plan.targets, **plan.graph}, keep_graph=set(plan.graph), reduce=plan.reduce)
+        recorder = ForwardRecorder({**plan.targets, **plan.graph}, keep_graph=set(plan.graph), reduce=reduce)
     else:
-        recorder = ForwardRecorder(plan.targets, reduce=plan.reduce)
+        recorder = ForwardRecorder(plan.targets, reduce=reduce)
     grad_mode = torch.enable_grad() if keep_graph else torch.inference_mode()
     with recorder, grad_mode:
         logits = model(x)
         count_model_call()
     out = recorder.outputs
 
-    # Every map and vector of every block goes to NumPy in one copy; the arrays are views of it
-    # (one large op instead of dozens of small ones keeps capture close to a bare forward).
-    pieces, shapes = [], []
-    for names in plan.blocks.values():
-        for b in names:
-            mean, shape = out[f"{b}:out"]
-            shapes.append(shape)
-            pieces.append(mean.flatten(1))
-            if plan.spatial:
-                pieces.append(out[f"{b}:spatial"].flatten(1))
-            if plan.channel:
-                pieces.append(out[f"{b}:channel"].flatten(1))
-    flat = _numpy(torch.cat(pieces, dim=1))
-    n_img, offset = flat.shape[0], 0
+    values = iter([out[k] for k in plan.record_order] if on_cpu else _arrays(out, plan.record_order))
     blocks: dict[str, list[BlockMaps]] = {}
-
-    def take(shape: tuple[int, ...]) -> np.ndarray:
-        nonlocal offset
-        size = int(np.prod(shape))
-        view = flat[:, offset:offset + size].reshape(n_img, *shape)
-        offset += size
-        return view
-
-    shape_of = iter(shapes)
     for stage, names in plan.blocks.items():
         blocks[stage] = []
         for b in names:
-            c, h, w = next(shape_of)
-            activation = take((h, w))
-            spatial = take((h, w)) if plan.spatial else None
-            channel = take((c,)) if plan.channel else None
-            blocks[stage].append(BlockMaps(b, (c, h, w), activation, spatial, channel))
+            activation, c = next(values)
+            n, h, w = activation.shape
+            spatial = next(values).reshape(n, h, w) if plan.spatial else None
+            channel = next(values).reshape(n, c) if plan.channel else None
+            blocks[stage].append(BlockMaps(b, (c, h, w), activation.reshape(n, h, w), spatial, channel))
     capture = Capture(attention, logits.detach(), blocks)
     if keep_graph:
         capture.graph_logits = logits

@@ -78,12 +78,30 @@ def _predictions(card: ModelCard, probs: np.ndarray, indices: np.ndarray) -> lis
     return [Prediction(int(i), card.class_ids[i], card.class_names[i], float(probs[i])) for i in indices]
 
 
+class InputCache:
+    """Network inputs made once per request: models with the same input size and
+    normalisation (a family, usually) share one resized, normalised tensor."""
+
+    def __init__(self):
+        self._tensors: dict[tuple, torch.Tensor] = {}
+
+    def get(self, images: list[Image.Image], card: ModelCard, device: torch.device) -> torch.Tensor:
+        size = model_input_size(*images[0].size, card.input_size)
+        key = (size, tuple(card.mean), tuple(card.std), str(device))
+        x = self._tensors.get(key)
+        if x is None:
+            x = torch.cat([to_tensor(img, card.input_size, card.mean, card.std, size) for img in images])
+            x = self._tensors[key] = x.to(device)
+        return x
+
+
 def explain_batch(model: torch.nn.Module, card: ModelCard, images: list[Image.Image], name: str | None = None,
-                  cam_method: str = "gradcam", target: int | None = None, topk: int = 5) -> list[ModelResult]:
+                  cam_method: str = "gradcam", target: int | None = None, topk: int = 5,
+                  inputs: InputCache | None = None) -> list[ModelResult]:
     """One forward and one backward for a batch of images that share the network input size."""
     device = next(model.parameters()).device
-    size = model_input_size(*images[0].size, card.input_size)
-    x = torch.cat([to_tensor(img, card.input_size, card.mean, card.std, size) for img in images]).to(device)
+    x = (inputs or InputCache()).get(images, card, device)
+    size = (x.shape[3], x.shape[2])
     if target is not None and not 0 <= target < len(card.class_ids):
         raise SsavizError(f"target class {target} is out of range for {card.name} ({len(card.class_ids)} classes)")
     capture: Capture = capture_attention(model, x, card.attention, keep_graph=True)
@@ -109,8 +127,9 @@ def explain_batch(model: torch.nn.Module, card: ModelCard, images: list[Image.Im
 
 
 def explain_model(model: torch.nn.Module, card: ModelCard, image: Image.Image, name: str | None = None,
-                  cam_method: str = "gradcam", target: int | None = None, topk: int = 5) -> ModelResult:
-    return explain_batch(model, card, [image], name, cam_method, target, topk)[0]
+                  cam_method: str = "gradcam", target: int | None = None, topk: int = 5,
+                  inputs: InputCache | None = None) -> ModelResult:
+    return explain_batch(model, card, [image], name, cam_method, target, topk, inputs)[0]
 
 
 def explain_image(models: list[tuple[str, torch.nn.Module, ModelCard]], image: Image.Image,
@@ -120,11 +139,11 @@ def explain_image(models: list[tuple[str, torch.nn.Module, ModelCard]], image: I
     if not models:
         raise SsavizError("no models to compare")
     start = time.perf_counter()
-    results = []
+    results, inputs = [], InputCache()
     for i, (name, model, card) in enumerate(models):
         if progress:
             progress(i, len(models), name)
-        results.append(explain_model(model, card, image, name, cam_method, target))
+        results.append(explain_model(model, card, image, name, cam_method, target, inputs=inputs))
     device = str(next(models[0][1].parameters()).device)
     return Explanation(image, cam_method, target, results, device, time.perf_counter() - start)
 
@@ -136,20 +155,26 @@ def explain_images(models: list[tuple[str, torch.nn.Module, ModelCard]], images:
     if not models:
         raise SsavizError("no models to compare")
     start = time.perf_counter()
-    per_image: list[list[ModelResult]] = [[] for _ in images]
-    for name, model, card in models:
+    per_image: list[dict[int, ModelResult]] = [{} for _ in images]
+    by_input_size: dict[int, list[int]] = {}
+    for m, (_, _, card) in enumerate(models):
+        by_input_size.setdefault(card.input_size, []).append(m)
+    for input_size, members in by_input_size.items():
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
-            groups.setdefault(model_input_size(*img.size, card.input_size), []).append(i)
+            groups.setdefault(model_input_size(*img.size, input_size), []).append(i)
         for indices in groups.values():
             for k in range(0, len(indices), batch_size):
                 chunk = indices[k:k + batch_size]
-                for i, result in zip(chunk, explain_batch(model, card, [images[i] for i in chunk], name,
-                                                          cam_method, target)):
-                    per_image[i].append(result)
+                batch, inputs = [images[i] for i in chunk], InputCache()  # one input tensor for the models
+                for m in members:
+                    name, model, card = models[m]
+                    for i, result in zip(chunk, explain_batch(model, card, batch, name, cam_method, target,
+                                                              inputs=inputs)):
+                        per_image[i][m] = result
     device = str(next(models[0][1].parameters()).device)
     seconds = (time.perf_counter() - start) / max(1, len(images))
-    return [Explanation(img, cam_method, target, results, device, seconds)
+    return [Explanation(img, cam_method, target, [results[m] for m in sorted(results)], device, seconds)
             for img, results in zip(images, per_image)]
 
 

@@ -17,38 +17,40 @@ class ForwardRecorder:
     ``keep_graph`` names whose outputs are kept attached to autograd (for
     gradients later); all others are detached at once. ``reduce`` maps a name
     to a function applied to the output in the hook, so only the (small)
-    result is kept alive.
+    result is kept alive. A module listed under several names gets one hook.
     """
 
     def __init__(self, modules: dict[str, nn.Module], keep_graph: set[str] = frozenset(),
                  reduce: dict | None = None):
         self.modules = modules
-        self.keep_graph = set(keep_graph)
-        self.reduce = reduce or {}
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list = []
         self._thread = None
+        reduce = reduce or {}
+        # module -> what to record from its output: (name, reducer, keep attached)
+        self._records: dict[nn.Module, list[tuple]] = {}
+        for name, module in modules.items():
+            self._records.setdefault(module, []).append((name, reduce.get(name), name in keep_graph))
 
-    def _hook(self, name: str):
-        reducer = self.reduce.get(name)
-        keep = name in self.keep_graph
-
-        def record(module, inputs, output):
-            if threading.get_ident() != self._thread:
-                return
+    def _record(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
+        # One bound method serves every module: no closure is built per hook and call.
+        if threading.get_ident() != self._thread:
+            return
+        detached = None
+        for name, reducer, keep in self._records[module]:
             if keep or not output.requires_grad:  # nothing to detach from
                 value = output
             else:
-                value = output.detach()
+                if detached is None:
+                    detached = output.detach()
+                value = detached
             self.outputs[name] = reducer(value) if reducer else value
-
-        return record
 
     def __enter__(self) -> "ForwardRecorder":
         self._thread = threading.get_ident()
         try:
-            for name, module in self.modules.items():
-                self._handles.append(module.register_forward_hook(self._hook(name)))
+            for module in self._records:
+                self._handles.append(module.register_forward_hook(self._record))
         except BaseException:
             self.remove()
             raise

@@ -42,6 +42,11 @@ def font(size: int = 14) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+# Views are drawn by several threads at once; FreeType font objects are not meant to be shared
+# between threads, so text is drawn by one thread at a time (each label only once: it is cached).
+_text_lock = threading.Lock()
+
+
 def normalise(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     span = hi - lo
     if not np.isfinite(span) or span <= 1e-12:
@@ -50,23 +55,38 @@ def normalise(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=32)
-def _palette(name: str) -> list[int]:
-    return colormap_lut(name).flatten().tolist()
+def _cv_lut(name: str) -> np.ndarray:
+    """The colormap as OpenCV's ``applyColorMap`` takes a user table: (256, 1, 3) uint8."""
+    return np.ascontiguousarray(colormap_lut(name)[:, None, :])
+
+
+def _levels(map2d: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return (normalise(np.asarray(map2d, dtype=np.float32), lo, hi) * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay_array(base: np.ndarray, map2d: np.ndarray, lo: float, hi: float,
+                  cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    """``map2d`` upsampled to ``base``'s size (an (H, W, 3) uint8 array), coloured on [lo, hi]
+    and blended with opacity ``alpha``.
+
+    The map is scaled to 0..255 at its own (small) resolution, then upsampled
+    bilinearly, coloured and blended by OpenCV (as pytorch-grad-cam's own
+    ``show_cam_on_image``): vectorised C++ that releases the GIL, which keeps
+    a whole view to a few milliseconds.
+    """
+    import cv2
+
+    h, w = base.shape[:2]
+    levels = cv2.resize(_levels(map2d, lo, hi), (w, h), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.applyColorMap(levels, _cv_lut(cmap))
+    return cv2.addWeighted(base, 1.0 - float(alpha), heat, float(alpha), 0.0)
 
 
 def overlay(image: Image.Image, map2d: np.ndarray, lo: float, hi: float,
             cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
-    """``map2d`` upsampled to ``image``'s size, coloured on [lo, hi] and blended with opacity ``alpha``.
-
-    The map is scaled to 0..255 at its own (small) resolution, upsampled
-    bilinearly as 8-bit and coloured through a palette: all of the per-pixel
-    work runs in Pillow's C code, which keeps re-rendering instant.
-    """
-    levels = (normalise(np.asarray(map2d, dtype=np.float32), lo, hi) * 255.0 + 0.5).astype(np.uint8)
-    heat = Image.fromarray(levels, "L").resize(image.size, Image.BILINEAR)
-    heat.putpalette(_palette(cmap))  # L -> P with the colormap as palette
-    base = image if image.mode == "RGB" else image.convert("RGB")
-    return Image.blend(base, heat.convert("RGB"), float(alpha))
+    """``overlay_array`` on a Pillow image, returning one."""
+    base = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    return Image.fromarray(overlay_array(base, map2d, lo, hi, cmap, alpha))
 
 
 @lru_cache(maxsize=512)
@@ -79,12 +99,39 @@ def colorbar(lo: float, hi: float, cmap: str = "jet", width: int = 256, height: 
     out = Image.new("RGB", (width, height + 16), "white")
     out.paste(bar, (0, 0))
     draw = ImageDraw.Draw(out)
-    draw.text((0, height + 1), _fmt(lo), fill="black", font=f)
-    right = _fmt(hi)
-    draw.text((width - draw.textlength(right, font=f), height + 1), right, fill="black", font=f)
-    if label:
-        draw.text(((width - draw.textlength(label, font=f)) / 2, height + 1), label, fill="#555", font=f)
+    with _text_lock:
+        draw.text((0, height + 1), _fmt(lo), fill="black", font=f)
+        right = _fmt(hi)
+        draw.text((width - draw.textlength(right, font=f), height + 1), right, fill="black", font=f)
+        if label:
+            draw.text(((width - draw.textlength(label, font=f)) / 2, height + 1), label, fill="#555", font=f)
     return out
+
+
+@lru_cache(maxsize=4096)
+def text_mask(text: str, size: int, max_width: int) -> tuple[Image.Image, int] | None:
+    """Coverage mask of ``text`` cut to ``max_width`` pixels. Labels repeat across grids, re-renders
+    and requests, so each is drawn once and then pasted (drawing text is slow next to pasting).
+    Returns the mask and its x offset from the text's origin."""
+    f = font(size)
+    with _text_lock:
+        while text and f.getlength(text) > max_width:
+            text = text[:-1]
+        if not text:
+            return None
+        left, _, right, bottom = f.getbbox(text)
+        shift = min(0, int(left))  # glyphs may reach left of the origin
+        mask = Image.new("L", (max(1, int(right) - shift), max(1, int(bottom))), 0)
+        ImageDraw.Draw(mask).text((-shift, 0), text, fill=255, font=f)
+    return mask, shift
+
+
+@lru_cache(maxsize=512)
+def colorbar_array(lo: float, hi: float, cmap: str, width: int, height: int) -> np.ndarray:
+    """``colorbar`` as a read-only (height + 16, width, 3) array, for pasting into a canvas."""
+    arr = np.array(colorbar(lo, hi, cmap, width=width, height=height))
+    arr.flags.writeable = False
+    return arr
 
 
 def _fmt(v: float) -> str:
@@ -129,16 +176,19 @@ def color_ranges(expl: Explanation, kind: str, mode: str = "map",
 
 def render_overlays(expl: Explanation, kind: str, stages: tuple[str, ...] = STAGES,
                     cmap: str = "jet", alpha: float = 0.5, mode: str = "map",
-                    image: Image.Image | None = None) -> dict[tuple[str, str], Image.Image]:
-    """(model, stage) -> overlay on ``image`` (default: the explained image, full resolution)."""
-    base = image or expl.image
-    ranges = color_ranges(expl, kind, mode, stages)
+                    image: Image.Image | None = None, ranges: dict | None = None) -> dict[tuple[str, str], Image.Image]:
+    """(model, stage) -> overlay on ``image`` (default: the explained image, full resolution).
+
+    ``ranges`` (from ``color_ranges``) lets a subset of stages keep the colour scale of the whole view.
+    """
+    base = np.asarray(image or expl.image)  # one array for all the overlays
+    ranges = ranges or color_ranges(expl, kind, mode, stages)
     out = {}
     for r in expl.models:
         for s in stages:
             m, _ = shown_map(r, kind, s)
             if m is not None:
-                out[(r.name, s)] = overlay(base, m, *ranges[(r.name, s)], cmap=cmap, alpha=alpha)
+                out[(r.name, s)] = Image.fromarray(overlay_array(base, m, *ranges[(r.name, s)], cmap, alpha))
     return out
 
 
@@ -202,7 +252,7 @@ class _ChannelFigure:
                 v = v / max(float(np.abs(v).max()), 1e-12)
             line.set_ydata(v)
             line.axes.draw_artist(line)
-        return Image.fromarray(np.asarray(self.canvas.buffer_rgba())[..., :3].copy(), "RGB")
+        return _agg_to_image(self.canvas)
 
 
 _channel_figures: "OrderedDict[tuple, tuple[threading.Lock, _ChannelFigure]]" = OrderedDict()
@@ -239,12 +289,18 @@ def channel_plot(results: ModelResult | list[ModelResult], stages: tuple[str, ..
         return figure.draw(rows, stages)
 
 
+def _agg_to_image(canvas) -> Image.Image:
+    """The canvas's pixels as an RGB image (Pillow drops the alpha channel in C)."""
+    w, h = canvas.get_width_height(physical=True)
+    return Image.frombuffer("RGBA", (w, h), canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
+
+
 def figure_to_image(fig) -> Image.Image:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
-    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy(), "RGB")
+    return _agg_to_image(canvas)
 
 
 def render_grid(expl: Explanation, kind: str = "cam", stages: tuple[str, ...] = STAGES,
@@ -260,21 +316,22 @@ def render_grid(expl: Explanation, kind: str = "cam", stages: tuple[str, ...] = 
 
     small = base if base is not None and max(base.size) <= cell else display_copy(expl.image, cell)
     cw, ch = small.size
-    overlays = render_overlays(expl, kind, stages, cmap, alpha, mode, image=small)
+    small_arr = np.asarray(small)
     ranges = color_ranges(expl, kind, mode, stages)
-    f, fb = font(13), font(15)
     legend_h, pad = 30, 8
     models = expl.models
     if models_as_columns:
         label_w, head_h = 110, 92
         rows, cols = ["input", *stages], models
     else:
-        label_w, head_h = 190, 26
+        label_w, head_h = 190, 40  # two header lines: the stage and its shape
         rows, cols = models, ["input", *stages]
     W = label_w + len(cols) * (cw + pad) + pad
     H = head_h + len(rows) * (ch + legend_h + pad) + pad
-    grid = Image.new("RGB", (W, H), "white")
-    draw = ImageDraw.Draw(grid)
+    # Pictures go into a NumPy canvas (each overlay is made in place, no conversions), text goes on last.
+    canvas = np.full((H, W, 3), 255, np.uint8)
+    labels: list[tuple[int, int, list[str], int]] = []  # (x, y, lines, width)
+    missing: list[tuple[int, int]] = []
 
     def model_lines(r: ModelResult) -> list[str]:
         top = r.predictions[0]
@@ -289,33 +346,43 @@ def render_grid(expl: Explanation, kind: str = "cam", stages: tuple[str, ...] = 
     def stage_label(s: str) -> list[str]:
         return [s] if s == "input" else [s, _shape_text(models[0], s)]
 
-    def draw_lines(x: int, y: int, lines: list[str], width: int) -> None:
-        for k, line in enumerate(lines):
-            while line and draw.textlength(line, font=fb if k == 0 else f) > width:
-                line = line[:-1]
-            draw.text((x, y + k * 17), line, fill="black" if k == 0 else "#444", font=fb if k == 0 else f)
-
     for j, c in enumerate(cols):
         x = label_w + j * (cw + pad) + pad
-        draw_lines(x, 5, model_lines(c) if models_as_columns else stage_label(c), cw)
+        labels.append((x, 5, model_lines(c) if models_as_columns else stage_label(c), cw))
     for i, r_key in enumerate(rows):
         y = head_h + i * (ch + legend_h + pad) + pad
-        draw_lines(pad, y, stage_label(r_key) if models_as_columns else model_lines(r_key), label_w - pad)
+        labels.append((pad, y, stage_label(r_key) if models_as_columns else model_lines(r_key), label_w - pad))
         for j, c_key in enumerate(cols):
             x = label_w + j * (cw + pad) + pad
             model, stage = (c_key, r_key) if models_as_columns else (r_key, c_key)
+            m = None if stage == "input" else shown_map(model, kind, stage)[0]
             if stage == "input":
-                grid.paste(small, (x, y))
-            elif (model.name, stage) in overlays:
-                grid.paste(overlays[(model.name, stage)], (x, y))
+                canvas[y:y + ch, x:x + cw] = small_arr
+            elif m is not None:
                 lo, hi = ranges[(model.name, stage)]
-                grid.paste(colorbar(lo, hi, cmap, width=cw, height=10), (x, y + ch + 2))
+                canvas[y:y + ch, x:x + cw] = overlay_array(small_arr, m, lo, hi, cmap, alpha)
+                bar = colorbar_array(lo, hi, cmap, cw, 10)
+                canvas[y + ch + 2:y + ch + 2 + bar.shape[0], x:x + cw] = bar
             else:
-                draw.rectangle((x, y, x + cw - 1, y + ch - 1), fill="#eee")
-                draw.text((x + 8, y + ch // 2), "no map", fill="#888", font=f)
-    title = f"{MAP_KINDS[kind]}{' (' + expl.cam_method + ')' if kind == 'cam' else ''} · colour scale: {mode}"
+                canvas[y:y + ch, x:x + cw] = 0xEE
+                missing.append((x + 8, y + ch // 2))
     if models_as_columns:
-        draw_lines(pad, 5, [title[:40]], label_w - pad)
+        title = f"{MAP_KINDS[kind]}{' (' + expl.cam_method + ')' if kind == 'cam' else ''} · colour scale: {mode}"
+        labels.append((pad, 5, [title[:40]], label_w - pad))
+
+    grid = Image.fromarray(canvas)
+    for x, y, lines, width in labels:
+        for k, line in enumerate(lines):
+            drawn = text_mask(line, 15 if k == 0 else 13, width)
+            if drawn is not None:
+                mask, dx = drawn
+                top = y + k * 17
+                grid.paste("black" if k == 0 else "#444", (x + dx, top, x + dx + mask.width, top + mask.height), mask)
+    if missing:
+        draw = ImageDraw.Draw(grid)
+        with _text_lock:
+            for xy in missing:
+                draw.text(xy, "no map", fill="#888", font=font(13))
     return grid
 
 

@@ -12,16 +12,17 @@ import os
 from functools import lru_cache
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
+from .allocator import keep_freed_memory
 from .capture import model_calls
 from .cams import CAM_TITLES
 from .device import describe, resolve_device
 from .errors import SsavizError
-from .explain import Explanation, explain_image, stage_summary
+from .explain import Explanation, explain_image
 from .images import display_copy, load_image
 from .layers import attention_spec
 from .render import channel_plot, render_grid, render_overlays
@@ -52,6 +53,13 @@ class CachedResult:
     original_size: tuple[int, int] = (0, 0)
     channel_plot: Image.Image | bool | None = None  # None: not drawn yet; False: no model has channel weights
     tables: tuple[dict, str] | None = None  # predictions and their Markdown table, made once
+    thumbnails: dict = field(default_factory=dict)  # long side -> the image at grid-cell size
+
+    def thumbnail(self, long_side: int) -> Image.Image:
+        small = self.thumbnails.get(long_side)
+        if small is None:
+            small = self.thumbnails[long_side] = display_copy(self.display, long_side)
+        return small
 
 
 class ResultCache:
@@ -91,6 +99,7 @@ def _stages(stage: str | None) -> tuple[str, ...]:
 
 class Service:
     def __init__(self, zoo: Zoo | None = None, device: str | None = None, cache_size: int | None = None):
+        keep_freed_memory()
         self.zoo = zoo if zoo is not None else discover()
         self.device = resolve_device(device)
         self.store = ModelStore(self.zoo, self.device)
@@ -193,15 +202,17 @@ class Service:
     @staticmethod
     def predictions(expl: Explanation) -> dict:
         """Top-5, CAM target and per-stage map statistics of every model (what the API returns)."""
-        def stats(summary: dict) -> dict:
-            return {kind: {k: summary[kind][k] for k in ("min", "max", "mean")}
-                    for kind in ("cam", "spatial", "activation") if summary.get(kind)}
+        def stats(r, stage: str) -> dict:
+            maps = {"cam": r.cams.get(stage), "spatial": r.blocks[stage][-1].spatial,
+                    "activation": r.blocks[stage][-1].activation}
+            return {kind: {"min": float(m.min()), "max": float(m.max()), "mean": float(m.mean(dtype=np.float64))}
+                    for kind, m in maps.items() if m is not None}
 
         return {r.name: {"attention": r.attention,
                          "top5": [{"class_id": p.class_id, "name": p.name, "prob": round(p.prob, 5)}
                                   for p in r.predictions],
                          "cam_target": r.target.name,
-                         "maps": {s: stats(stage_summary(r, s)) for s in STAGES}} for r in expl.models}
+                         "maps": {s: stats(r, s) for s in STAGES}} for r in expl.models}
 
     def status_line(self, result: CachedResult) -> str:
         expl = result.explanation
@@ -269,13 +280,15 @@ def render_view(cached: CachedResult, stage: str = ALL_STAGES, cmap: str = "jet"
     expl = cached.explanation
     stages = _stages(stage)
     cell = 320 if len(stages) == 1 else 224
-    cam_grid = render_grid(expl, "cam", stages, cmap, alpha, scale, cell, models_as_columns=True)
-    attention_grid = render_grid(expl, "spatial", stages, cmap, alpha, scale, cell, models_as_columns=True)
+    small = cached.thumbnail(cell)
+    cam_grid = render_grid(expl, "cam", stages, cmap, alpha, scale, cell, models_as_columns=True, base=small)
+    attention_grid = render_grid(expl, "spatial", stages, cmap, alpha, scale, cell, models_as_columns=True,
+                                 base=small)
     if cached.channel_plot is None:  # does not depend on the display controls: drawn once per result
         cached.channel_plot = channel_plot(expl.models) or False
     cams = render_overlays(expl, "cam", stages, cmap, alpha, scale, image=cached.display)
-    gallery = [(img, f"{name} · {s} · {CAM_TITLES.get(expl.cam_method, expl.cam_method)}")
-               for (name, s), img in cams.items()]
+    title = CAM_TITLES.get(expl.cam_method, expl.cam_method)
+    gallery = [(img, f"{name} · {s} · {title}") for (name, s), img in cams.items()]
     if cached.tables is None:  # nor do the predictions and map statistics
         cached.tables = (Service.predictions(expl), predictions_table(expl))
     return CompareView(cam_grid, attention_grid, cached.channel_plot or None, gallery, *cached.tables)

@@ -23,6 +23,7 @@ def test_bench_writes_every_measure(tiny_zoo, tmp_path):
     assert KEYS <= result.keys()
     assert set(result["forward_ms"]) == {"tiny_cbam", "tiny_none", "tiny_salient", "tiny_se", "tiny_ssa"}
     assert result["rerender_model_calls"] == 0
+    assert len(set(result["fwdbwd_ms"].values())) > 1  # each model timed, not one of them five times
     assert result["cold_start_s"] > 0 and result["images_per_s"] > 0
     assert result["compare_over_baseline"] == result["compare_ms"] / result["baseline_ms"]
     assert "| compare_over_fwdbwd |" in proc.stdout

@@ -143,3 +143,69 @@ def test_a_batch_gives_each_image_its_own_result():
         for s in STAGES:
             np.testing.assert_allclose(got.cams[s], single.cams[s], rtol=1e-3, atol=1e-5)
             np.testing.assert_allclose(got.blocks[s][-1].spatial, single.blocks[s][-1].spatial, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_the_one_transfer_path_gives_the_same_maps(attention):
+    """Off the CPU, capture moves every map in one copy (one GPU sync); it must read the same
+    values as the CPU path, which hands over views of the tensors."""
+    from ssaviz.capture import _arrays, _plan
+
+    model = tiny_model(attention, depth=50)
+    x = torch.randn(2, 3, 64, 80)
+    cap = capture_attention(model, x)
+    plan = _plan(model, attention)
+    # Record as the GPU path does (tensors in the hooks), and convert with _arrays.
+    recorder = ForwardRecorder(plan.targets, reduce=plan.reduce)
+    with recorder, torch.inference_mode():
+        model(x)
+    values = iter(_arrays(recorder.outputs, plan.record_order))
+    for blocks in cap.blocks.values():
+        for b in blocks:
+            activation, c = next(values)
+            assert c == b.shape[0]
+            np.testing.assert_allclose(activation.reshape(b.activation.shape), b.activation, rtol=1e-5, atol=1e-6)
+            if b.spatial is not None:
+                np.testing.assert_array_equal(next(values).reshape(b.spatial.shape), b.spatial)
+            if b.channel is not None:
+                np.testing.assert_array_equal(next(values).reshape(b.channel.shape), b.channel)
+    assert next(values, None) is None
+
+
+def test_activation_maps_are_channel_means():
+    model = tiny_model("salient")
+    seen = {}
+    model.layer2[0].register_forward_hook(lambda m, i, o: seen.__setitem__("out", o.detach()))
+    cap = capture_attention(model, torch.randn(1, 3, 64, 64))
+    np.testing.assert_allclose(cap.blocks["layer2"][0].activation, seen["out"].mean(dim=1).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_models_of_a_family_share_one_input_and_batches_keep_model_order(monkeypatch):
+    import ssaviz.explain as explain
+    from ssaviz.checkpoints import ModelCard
+    from tests.conftest import IMAGENETTE_IDS, IMAGENETTE_NAMES, rand_image
+
+    def card(name, attention, size):
+        return ModelCard(name=name, dataset="imagenette", class_ids=IMAGENETTE_IDS, class_names=IMAGENETTE_NAMES,
+                         attention=attention, depth=18, width=0.125, input_size=size)
+
+    models = [("a", tiny_model("ssa", seed=1), card("a", "ssa", 64)),
+              ("b", tiny_model("se", seed=2), card("b", "se", 48)),  # another input size
+              ("c", tiny_model("none", seed=3), card("c", "none", 64))]
+    made = []
+    real = explain.to_tensor
+    monkeypatch.setattr(explain, "to_tensor", lambda *a, **k: made.append(a[1]) or real(*a, **k))
+    photo = rand_image(96, 64, seed=4)
+    expl = explain.explain_image(models, photo)
+    assert sorted(made) == [48, 64]  # a and c share theirs
+    assert [r.name for r in expl.models] == ["a", "b", "c"]
+    # Separately made inputs give the same results as the shared one.
+    alone = explain.explain_model(models[2][1], models[2][2], photo, "c")
+    np.testing.assert_array_equal(expl.models[2].cams["layer4"], alone.cams["layer4"])
+
+    made.clear()
+    images = [rand_image(96, 64, seed=s) for s in range(3)]
+    batched = explain.explain_images(models, images, batch_size=2)
+    assert sorted(made) == [48, 48, 48, 64, 64, 64]  # one per image and input size, not per model
+    assert all([r.name for r in e.models] == ["a", "b", "c"] for e in batched)

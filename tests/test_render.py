@@ -36,6 +36,18 @@ def test_upsampling_keeps_where_the_peak_is():
     assert abs(y - 150) <= 50 and abs(x - 450) <= 50  # the centre of cell (1, 4) of a 4x6 grid
 
 
+def test_overlay_is_the_blend_of_photo_and_coloured_map():
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    m = np.full((3, 5), 0.25, np.float32)  # constant: upsampling cannot change it
+    from ssaviz.render import colormap_lut
+
+    heat = colormap_lut("viridis")[round(0.25 * 255)].astype(np.float64)
+    expected = np.asarray(img) * 0.7 + heat * 0.3
+    got = np.asarray(overlay(img, m, 0, 1, cmap="viridis", alpha=0.3)).astype(np.float64)
+    assert np.abs(got - expected).max() <= 1.0
+
+
 def test_overlay_opacity_and_colormap():
     img = Image.new("RGB", (40, 20), (0, 0, 255))
     m = np.tile(np.linspace(0, 1, 4, dtype=np.float32), (2, 1))  # dark left, bright right
@@ -69,6 +81,11 @@ def own_range(expl, name, stage):
 def test_grid_and_legend_and_channel_plots(explanation):
     grid = render_grid(explanation, "cam", cell=128)
     assert grid.width > 5 * 128 and grid.height > 5 * 85
+    labels = np.asarray(grid)[:, :150].min(axis=2)  # the model names and predictions, left of the cells
+    assert (labels < 80).sum() > 500  # dark text was drawn
+    across = render_grid(explanation, "spatial", cell=128, models_as_columns=True)
+    header = np.asarray(across)[:80, 110:].min(axis=2)
+    assert (header < 80).sum() > 500
     assert colorbar(0, 1, width=100).size[0] == 100
     plots = {r.name: channel_plot(r) for r in explanation.models}
     assert plots["m_none"] is None and plots["m_salient"] is None
