@@ -64,7 +64,7 @@ def baseline_request(models, image_path: Path, display_long_side: int):
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from .capture import capture_attention
-    from .explain import BlockMaps, Explanation, ModelResult, _predictions
+    from .explain import Explanation, ModelResult, _predictions, image_blocks
     from .images import display_copy, load_image, model_input_size, to_tensor
     from .resnet import STAGES
     from .service import CachedResult, render_view
@@ -82,9 +82,7 @@ def baseline_request(models, image_path: Path, display_long_side: int):
             cam = GradCAM(model=model, target_layers=[getattr(model, stage)[-1]])
             cams[stage] = cam(input_tensor=x, targets=[ClassifierOutputTarget(top1)])[0]
             cam.activations_and_grads.release()
-        blocks = {s: [BlockMaps(b.name, b.shape, b.activation[0], None if b.spatial is None else b.spatial[0],
-                                None if b.channel is None else b.channel[0]) for b in bs]
-                  for s, bs in cap.blocks.items()}
+        blocks = image_blocks(cap, 0)
         results.append(ModelResult(name, card, _predictions(card, probs, np.argsort(-probs)[:5]),
                                    _predictions(card, probs, [top1])[0], blocks, cams, size))
     expl = Explanation(image, "gradcam", None, results, str(x.device), 0.0)

@@ -6,7 +6,7 @@ gradient CAMs, one backward of the target logit serving every stage.
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ class ModelResult:
     blocks: dict[str, list[BlockMaps]]  # arrays without the batch axis
     cams: dict[str, np.ndarray]  # raw CAM per stage, (h, w)
     input_size: tuple[int, int]  # (w, h) fed to the network
+    # The (1, 3, h, w) tensor the network saw, kept by explain_image so a later view can run the
+    # network again on exactly the same input (``add_block_activations``).
+    network_input: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def attention(self) -> str:
@@ -97,8 +100,11 @@ class InputCache:
 
 def explain_batch(model: torch.nn.Module, card: ModelCard, images: list[Image.Image], name: str | None = None,
                   cam_method: str = "gradcam", target: int | None = None, topk: int = 5,
-                  inputs: InputCache | None = None) -> list[ModelResult]:
-    """One forward and one backward for a batch of images that share the network input size."""
+                  inputs: InputCache | None = None, keep_input: bool = False) -> list[ModelResult]:
+    """One forward and one backward for a batch of images that share the network input size.
+
+    ``keep_input`` keeps each image's network input on its result (``ModelResult.network_input``).
+    """
     device = next(model.parameters()).device
     x = (inputs or InputCache()).get(images, card, device)
     size = (x.shape[3], x.shape[2])
@@ -115,21 +121,41 @@ def explain_batch(model: torch.nn.Module, card: ModelCard, images: list[Image.Im
         capture.release_graph()
     results = []
     for i, p in enumerate(probs):
-        blocks = {stage: [BlockMaps(b.name, b.shape, b.activation[i],
-                                    None if b.spatial is None else b.spatial[i],
-                                    None if b.channel is None else b.channel[i]) for b in bs]
-                  for stage, bs in capture.blocks.items()}
         results.append(ModelResult(
             name=name or card.name, card=card, predictions=_predictions(card, p, np.argsort(-p)[:topk]),
-            target=_predictions(card, p, [targets[i]])[0], blocks=blocks,
-            cams={s: m[i] for s, m in cams.items()}, input_size=size))
+            target=_predictions(card, p, [targets[i]])[0], blocks=image_blocks(capture, i),
+            cams={s: m[i] for s, m in cams.items()}, input_size=size,
+            network_input=x[i:i + 1] if keep_input else None))
     return results
+
+
+def image_blocks(capture: Capture, i: int) -> dict[str, list[BlockMaps]]:
+    """The maps of image ``i`` of a captured batch (arrays without the batch axis)."""
+    def pick(a):
+        return None if a is None else a[i]
+
+    return {stage: [BlockMaps(b.name, b.shape, pick(b.activation), pick(b.spatial), pick(b.channel)) for b in bs]
+            for stage, bs in capture.blocks.items()}
+
+
+def add_block_activations(model: torch.nn.Module, result: ModelResult) -> None:
+    """Give every block of ``result`` its activation map (a comparison makes only the stages'):
+    one forward on the input the network saw. The stage-by-stage view of networks without
+    spatial attention needs them."""
+    if all(b.activation is not None for bs in result.blocks.values() for b in bs):
+        return
+    if result.network_input is None:
+        raise SsavizError("this result no longer has its network input: run the comparison again")
+    capture = capture_attention(model, result.network_input, result.attention, block_activations=True)
+    for stage, blocks in result.blocks.items():
+        for block, full in zip(blocks, capture.blocks[stage]):
+            block.activation = full.activation[0]
 
 
 def explain_model(model: torch.nn.Module, card: ModelCard, image: Image.Image, name: str | None = None,
                   cam_method: str = "gradcam", target: int | None = None, topk: int = 5,
-                  inputs: InputCache | None = None) -> ModelResult:
-    return explain_batch(model, card, [image], name, cam_method, target, topk, inputs)[0]
+                  inputs: InputCache | None = None, keep_input: bool = False) -> ModelResult:
+    return explain_batch(model, card, [image], name, cam_method, target, topk, inputs, keep_input)[0]
 
 
 def explain_image(models: list[tuple[str, torch.nn.Module, ModelCard]], image: Image.Image,
@@ -143,7 +169,7 @@ def explain_image(models: list[tuple[str, torch.nn.Module, ModelCard]], image: I
     for i, (name, model, card) in enumerate(models):
         if progress:
             progress(i, len(models), name)
-        results.append(explain_model(model, card, image, name, cam_method, target, inputs=inputs))
+        results.append(explain_model(model, card, image, name, cam_method, target, inputs=inputs, keep_input=True))
     device = str(next(models[0][1].parameters()).device)
     return Explanation(image, cam_method, target, results, device, time.perf_counter() - start)
 

@@ -21,16 +21,13 @@ class ForwardRecorder:
     """
 
     def __init__(self, modules: dict[str, nn.Module], keep_graph: set[str] = frozenset(),
-                 reduce: dict | None = None):
-        self.modules = modules
+                 reduce: dict | None = None, *, records: dict | None = None):
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list = []
         self._thread = None
-        reduce = reduce or {}
-        # module -> what to record from its output: (name, reducer, keep attached)
-        self._records: dict[nn.Module, list[tuple]] = {}
-        for name, module in modules.items():
-            self._records.setdefault(module, []).append((name, reduce.get(name), name in keep_graph))
+        # ``records`` (from ``plan_records``) lets a caller that records the same modules again and
+        # again build this table once.
+        self._records = records if records is not None else plan_records(modules, keep_graph, reduce)
 
     def _record(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
         # One bound method serves every module: no closure is built per hook and call.
@@ -63,6 +60,16 @@ class ForwardRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+def plan_records(modules: dict[str, nn.Module], keep_graph: set[str] = frozenset(),
+                 reduce: dict | None = None) -> dict[nn.Module, list[tuple]]:
+    """module -> what to record from its output: [(name, reducer or None, keep attached)]."""
+    reduce = reduce or {}
+    records: dict[nn.Module, list[tuple]] = {}
+    for name, module in modules.items():
+        records.setdefault(module, []).append((name, reduce.get(name), name in keep_graph))
+    return records
 
 
 def hook_count(model: nn.Module) -> int:

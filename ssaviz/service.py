@@ -22,7 +22,7 @@ from .capture import model_calls
 from .cams import CAM_TITLES
 from .device import describe, resolve_device
 from .errors import SsavizError
-from .explain import Explanation, explain_image
+from .explain import Explanation, add_block_activations, explain_image
 from .images import display_copy, load_image
 from .layers import attention_spec
 from .render import channel_plot, render_grid, render_overlays
@@ -104,6 +104,7 @@ class Service:
         self.device = resolve_device(device)
         self.store = ModelStore(self.zoo, self.device)
         self.cache = ResultCache(cache_size or CACHE_SIZE)
+        self._block_lock = threading.Lock()  # two views of one result add its block maps once
 
     def warm_up(self) -> None:
         """Load the default family and the libraries a first request needs (run it in a thread at start)."""
@@ -228,6 +229,10 @@ class Service:
         if result is None:
             raise SsavizError(f"{model} was not part of this comparison")
         spec = attention_spec(result.attention)
+        if not result.has_spatial:  # each block's activation map is shown: one more forward, once
+            with self._block_lock:
+                model, _ = self.store.get(result.name)
+                add_block_activations(model, result)
         gallery, lines = [], [f"### {result.name} ({result.title})", "", formula(result.attention), "",
                               "| block | output C×H×W | spatial map | channel weights |", "|---|---|---|---|"]
         from .render import overlay

@@ -20,6 +20,7 @@ def test_capture_shapes_per_stage(attention, stem, size, depth):
     model = tiny_model(attention, depth=depth, stem=stem)
     x = torch.randn(2, 3, size, size + 16)
     cap = capture_attention(model, x)
+    every = capture_attention(model, x, block_activations=True)
     spec = attention_spec(attention)
     first = size // 4 if stem == "imagenet" else size
     expansion = 4 if depth == 50 else 1
@@ -29,9 +30,13 @@ def test_capture_shapes_per_stage(attention, stem, size, depth):
         h = -(-first // 2**i)
         w = -(-(first + (16 // 4 if stem == "imagenet" else 16)) // 2**i)
         c = round(64 * 0.125 * 2**i) * expansion
-        for b in blocks:
-            assert b.shape == (c, h, w)
-            assert b.activation.shape == (2, h, w)
+        for k, (b, full) in enumerate(zip(blocks, every.blocks[stage])):
+            assert b.shape == full.shape == (c, h, w)
+            assert full.activation.shape == (2, h, w)
+            if k == len(blocks) - 1:  # a comparison gets the stage's activation map, not every block's
+                np.testing.assert_array_equal(b.activation, full.activation)
+            else:
+                assert b.activation is None
             assert (b.spatial is not None) == (spec.spatial is not None)
             assert (b.channel is not None) == (spec.channel is not None)
             if b.spatial is not None:
@@ -153,18 +158,18 @@ def test_the_one_transfer_path_gives_the_same_maps(attention):
 
     model = tiny_model(attention, depth=50)
     x = torch.randn(2, 3, 64, 80)
-    cap = capture_attention(model, x)
+    cap = capture_attention(model, x, block_activations=True)
     plan = _plan(model, attention)
     # Record as the GPU path does (tensors in the hooks), and convert with _arrays.
-    recorder = ForwardRecorder(plan.targets, reduce=plan.reduce)
+    recorder = ForwardRecorder({}, records=plan.records(keep_graph=False, on_cpu=False, block_activations=True))
     with recorder, torch.inference_mode():
         model(x)
-    values = iter(_arrays(recorder.outputs, plan.record_order))
+    values = iter(_arrays(recorder.outputs, plan.record_order(True)))
     for blocks in cap.blocks.values():
         for b in blocks:
             activation, c = next(values)
             assert c == b.shape[0]
-            np.testing.assert_allclose(activation.reshape(b.activation.shape), b.activation, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(activation, b.activation, rtol=1e-5, atol=1e-6)
             if b.spatial is not None:
                 np.testing.assert_array_equal(next(values).reshape(b.spatial.shape), b.spatial)
             if b.channel is not None:
@@ -176,7 +181,7 @@ def test_activation_maps_are_channel_means():
     model = tiny_model("salient")
     seen = {}
     model.layer2[0].register_forward_hook(lambda m, i, o: seen.__setitem__("out", o.detach()))
-    cap = capture_attention(model, torch.randn(1, 3, 64, 64))
+    cap = capture_attention(model, torch.randn(1, 3, 64, 64), block_activations=True)
     np.testing.assert_allclose(cap.blocks["layer2"][0].activation, seen["out"].mean(dim=1).numpy(),
                                rtol=1e-5, atol=1e-6)
 

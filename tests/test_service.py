@@ -68,8 +68,16 @@ def test_stage_by_stage_shows_every_block_with_numbers(service, photo_path):
     assert "saW = σ(BN(mean_c(seW·X)))" in text and "layer4.1" in text
     _, se_text = service.stage_by_stage(key, "tiny_se")
     assert "below 0.5" in se_text
-    _, plain = service.stage_by_stage(key, "tiny_none")
-    assert "no attention module" in plain
+    # A network without spatial attention shows each block's activation map; the comparison made
+    # only the stages', so the view runs the network once more, once.
+    before = model_calls()
+    plain_gallery, plain = service.stage_by_stage(key, "tiny_none")
+    assert "no attention module" in plain and len(plain_gallery) == 8
+    assert "activation [" in plain
+    assert model_calls() == before + 1
+    service.stage_by_stage(key, "tiny_none")
+    service.stage_by_stage(key, "tiny_ssa")  # its spatial maps came with the comparison
+    assert model_calls() == before + 1
 
 
 def test_zoo_view_lists_models_and_online_status(service):
