@@ -2,12 +2,12 @@
 
 glibc serves allocations over 128 KB with fresh pages from ``mmap`` and
 unmaps them on ``free``, so every overlay, grid canvas and activation tensor
-pays a page fault per 4 KB the first time it is written. On a small VM that
-costs about as much as drawing the overlay itself (a 4 MB grid canvas: 1.6 ms
-to allocate, 0.06 ms when the memory is re-used). Raising glibc's mmap and
-trim thresholds keeps freed blocks for the next request: the remedy PyTorch's
-CPU performance guide gets from jemalloc or tcmalloc, with no new dependency.
-The cost is that the resident size stays near its high-water mark.
+pays a page fault per 4 KB the first time it is written; on a small VM that
+costs about as much as drawing an overlay. Raising glibc's mmap and trim
+thresholds keeps freed blocks for the next request: the remedy PyTorch's CPU
+performance guide gets from jemalloc or tcmalloc, with no new dependency
+(docs/performance.md has the bench with and without it). The cost is that
+the resident size stays near its high-water mark.
 """
 
 import ctypes

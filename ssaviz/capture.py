@@ -8,8 +8,7 @@ attached to autograd so CAMs need no second forward.
 
 Attention maps are tiny and the network computes them anyway, so every
 block's are kept. An activation map is not free: it reads the whole block
-output once more (on a 2-core CPU about 4% of a ResNet-50's forward for all
-16 blocks). A comparison shows only the stages' maps, so only those are made;
+output once more. A comparison shows only the stages' maps, so only those are made;
 ``block_activations=True`` adds every block's (the stage-by-stage view of a
 network without spatial attention).
 """

@@ -109,6 +109,7 @@ class Service:
     def warm_up(self) -> None:
         """Load the default family and the libraries a first request needs (run it in a thread at start)."""
         try:
+            import cv2  # noqa: F401
             import matplotlib.figure  # noqa: F401
             import pytorch_grad_cam  # noqa: F401
 
