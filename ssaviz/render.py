@@ -366,9 +366,10 @@ def render_grid(expl: Explanation, kind: str = "cam", stages: tuple[str, ...] = 
             else:
                 canvas[y:y + ch, x:x + cw] = 0xEE
                 missing.append((x + 8, y + ch // 2))
-    if models_as_columns:
-        title = f"{MAP_KINDS[kind]}{' (' + expl.cam_method + ')' if kind == 'cam' else ''} · colour scale: {mode}"
-        labels.append((pad, 5, [title[:40]], label_w - pad))
+    if models_as_columns:  # the corner: what the grid shows, in lines that fit its narrow column
+        title = {"cam": ["CAM", expl.cam_method], "spatial": ["spatial", "attention"],
+                 "activation": ["activation", "channel mean"]}[kind]
+        labels.append((pad, 5, [*title, f"scale: {mode}"], label_w - pad))
 
     grid = Image.fromarray(canvas)
     for x, y, lines, width in labels:
