@@ -15,7 +15,6 @@ network without spatial attention).
 
 import weakref
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -79,7 +78,8 @@ class _Plan:
     blocks: dict[str, list[str]]  # stage -> block names, in order
     spatial: bool
     channel: bool
-    _records: dict = field(default_factory=dict, repr=False)
+    _records: dict = field(default_factory=dict, repr=False)  # built once per kind of pass
+    _orders: dict = field(default_factory=dict, repr=False)
 
     def targets(self, block_activations: bool) -> dict[str, nn.Module]:
         extra = self.inner_outputs if block_activations else {}
@@ -87,15 +87,18 @@ class _Plan:
 
     def record_order(self, block_activations: bool) -> list[str]:
         """Recorded names in the order capture reads them: per block, activation, spatial, channel."""
-        order = []
-        for names in self.blocks.values():
-            for b in names:
-                if block_activations or b == names[-1]:
-                    order.append(f"{b}:out")
-                if self.spatial:
-                    order.append(f"{b}:spatial")
-                if self.channel:
-                    order.append(f"{b}:channel")
+        order = self._orders.get(block_activations)
+        if order is None:
+            order = []
+            for names in self.blocks.values():
+                for b in names:
+                    if block_activations or b == names[-1]:
+                        order.append(f"{b}:out")
+                    if self.spatial:
+                        order.append(f"{b}:spatial")
+                    if self.channel:
+                        order.append(f"{b}:channel")
+            self._orders[block_activations] = order
         return order
 
     def records(self, keep_graph: bool, on_cpu: bool, block_activations: bool) -> dict:

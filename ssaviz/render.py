@@ -42,8 +42,9 @@ def font(size: int = 14) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-# Views are drawn by several threads at once; FreeType font objects are not meant to be shared
-# between threads, so text is drawn by one thread at a time (each label only once: it is cached).
+# The app draws the views of several requests at once, in threads; FreeType font objects are not
+# meant to be shared between threads, so text is drawn by one thread at a time (each label once:
+# it is cached).
 _text_lock = threading.Lock()
 
 
@@ -85,8 +86,11 @@ def overlay_array(base: np.ndarray, map2d: np.ndarray, lo: float, hi: float,
 def overlay(image: Image.Image, map2d: np.ndarray, lo: float, hi: float,
             cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
     """``overlay_array`` on a Pillow image, returning one."""
-    base = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    return Image.fromarray(overlay_array(base, map2d, lo, hi, cmap, alpha))
+    return Image.fromarray(overlay_array(_rgb_array(image), map2d, lo, hi, cmap, alpha))
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 @lru_cache(maxsize=512)
@@ -176,13 +180,10 @@ def color_ranges(expl: Explanation, kind: str, mode: str = "map",
 
 def render_overlays(expl: Explanation, kind: str, stages: tuple[str, ...] = STAGES,
                     cmap: str = "jet", alpha: float = 0.5, mode: str = "map",
-                    image: Image.Image | None = None, ranges: dict | None = None) -> dict[tuple[str, str], Image.Image]:
-    """(model, stage) -> overlay on ``image`` (default: the explained image, full resolution).
-
-    ``ranges`` (from ``color_ranges``) lets a subset of stages keep the colour scale of the whole view.
-    """
-    base = np.asarray(image or expl.image)  # one array for all the overlays
-    ranges = ranges or color_ranges(expl, kind, mode, stages)
+                    image: Image.Image | None = None) -> dict[tuple[str, str], Image.Image]:
+    """(model, stage) -> overlay on ``image`` (default: the explained image, full resolution)."""
+    base = _rgb_array(image or expl.image)  # one array for all the overlays
+    ranges = color_ranges(expl, kind, mode, stages)
     out = {}
     for r in expl.models:
         for s in stages:
@@ -316,7 +317,7 @@ def render_grid(expl: Explanation, kind: str = "cam", stages: tuple[str, ...] = 
 
     small = base if base is not None and max(base.size) <= cell else display_copy(expl.image, cell)
     cw, ch = small.size
-    small_arr = np.asarray(small)
+    small_arr = _rgb_array(small)
     ranges = color_ranges(expl, kind, mode, stages)
     legend_h, pad = 30, 8
     models = expl.models

@@ -100,3 +100,10 @@ def test_summary_has_every_stage(explanation):
     assert ssa["channel"]["kind"] == "squeeze" and ssa["channel"]["below_half"] is None
     se = summary["models"]["m_se"]["stages"]["layer2"]
     assert se["channel"]["below_half"] == sum(v < 0.5 for v in se["channel"]["values"])
+
+
+def test_overlays_accept_images_of_any_mode(explanation):
+    grey = Image.new("L", (90, 60), 128)
+    out = render_overlays(explanation, "spatial", stages=("layer2",), image=grey)
+    assert all(img.mode == "RGB" and img.size == (90, 60) for img in out.values())
+    assert overlay(Image.new("RGBA", (30, 20)), np.ones((2, 3), np.float32), 0, 1).mode == "RGB"
