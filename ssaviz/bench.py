@@ -303,8 +303,8 @@ def format_table(r: dict) -> str:
              "|---|---|---|---|---|---|"]
     for n in r["models"]:
         w, h = r["input_size"][n]
-        lines.append(f"| {n} | {w}x{h} | {r['forward_ms'][n]:.1f} | {r['fwdbwd_ms'][n]:.1f} | "
-                     f"{r['capture_ms'][n]:.1f} | {r['capture_ms'][n] / r['forward_ms'][n]:.2f} |")
+        lines.append(f"| {n} | {w}x{h} | {r['forward_ms'][n]:.2f} | {r['fwdbwd_ms'][n]:.2f} | "
+                     f"{r['capture_ms'][n]:.2f} | {r['capture_ms'][n] / r['forward_ms'][n]:.3f} |")
     lines += ["", "| measure | value | target |", "|---|---|---|"]
     rows = [("compare_ms", r["compare_ms"], None), ("baseline_ms", r["baseline_ms"], None),
             ("rerender_ms", r["rerender_ms"], "≤ 50"), ("rerender_model_calls", r["rerender_model_calls"], "0"),
@@ -314,7 +314,8 @@ def format_table(r: dict) -> str:
             ("compare_over_fwdbwd", r["compare_over_fwdbwd"], "≤ 2.0"),
             ("compare_over_baseline", r["compare_over_baseline"], "≤ 0.5")]
     for key, value, target in rows:
-        shown = "n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+        digits = 3 if key.endswith(("_over_forward", "_over_fwdbwd", "_over_baseline")) else 2
+        shown = "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
         if key == "images_per_s":
             key = f"images_per_s ({r['batch_images']} images)"
         if key == "encode_ms":
@@ -328,6 +329,9 @@ def format_table(r: dict) -> str:
 
 
 def _cmd_bench(args) -> int:
+    if args.show:  # the tables of a saved run
+        print(format_table(json.loads(Path(args.show).read_text())))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run_bench(args.family, args.device, args.repeats, args.warmup, args.batch, not args.no_cold_start)
@@ -374,4 +378,5 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--no-cold-start", action="store_true", help="skip starting the app")
     p.add_argument("--profile", metavar="FILE", help="also write a cProfile of compare requests")
+    p.add_argument("--show", metavar="JSON", help="print the tables of a run saved with --json, and stop")
     p.set_defaults(func=_cmd_bench)
