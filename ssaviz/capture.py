@@ -178,7 +178,7 @@ def capture_attention(model: nn.Module, x: torch.Tensor, attention: str | None =
     attention = attention or getattr(getattr(model, "config", None), "attention", "none")
     plan = _plan(model, attention)
     on_cpu = x.device.type == "cpu"
-    recorder = ForwardRecorder({}, records=plan.records(keep_graph, on_cpu, block_activations))
+    recorder = ForwardRecorder(records=plan.records(keep_graph, on_cpu, block_activations))
     grad_mode = torch.enable_grad() if keep_graph else torch.inference_mode()
     with recorder, grad_mode:
         logits = model(x)

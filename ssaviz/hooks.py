@@ -20,14 +20,14 @@ class ForwardRecorder:
     result is kept alive. A module listed under several names gets one hook.
     """
 
-    def __init__(self, modules: dict[str, nn.Module], keep_graph: set[str] = frozenset(),
+    def __init__(self, modules: dict[str, nn.Module] | None = None, keep_graph: set[str] = frozenset(),
                  reduce: dict | None = None, *, records: dict | None = None):
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list = []
         self._thread = None
         # ``records`` (from ``plan_records``) lets a caller that records the same modules again and
         # again build this table once.
-        self._records = records if records is not None else plan_records(modules, keep_graph, reduce)
+        self._records = records if records is not None else plan_records(modules or {}, keep_graph, reduce)
 
     def _record(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
         # One bound method serves every module: no closure is built per hook and call.

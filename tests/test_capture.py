@@ -161,7 +161,7 @@ def test_the_one_transfer_path_gives_the_same_maps(attention):
     cap = capture_attention(model, x, block_activations=True)
     plan = _plan(model, attention)
     # Record as the GPU path does (tensors in the hooks), and convert with _arrays.
-    recorder = ForwardRecorder({}, records=plan.records(keep_graph=False, on_cpu=False, block_activations=True))
+    recorder = ForwardRecorder(records=plan.records(keep_graph=False, on_cpu=False, block_activations=True))
     with recorder, torch.inference_mode():
         model(x)
     values = iter(_arrays(recorder.outputs, plan.record_order(True)))
@@ -214,3 +214,17 @@ def test_models_of_a_family_share_one_input_and_batches_keep_model_order(monkeyp
     batched = explain.explain_images(models, images, batch_size=2)
     assert sorted(made) == [48, 48, 48, 64, 64, 64]  # one per image and input size, not per model
     assert all([r.name for r in e.models] == ["a", "b", "c"] for e in batched)
+
+
+def test_a_module_under_two_names_gets_one_hook_and_both_records():
+    model = tiny_model("none")
+    block = model.layer2[1]
+    recorder = ForwardRecorder({"out": block, "graph": block}, keep_graph={"graph"},
+                               reduce={"out": lambda t: t.mean(dim=1)})
+    with recorder:
+        assert hook_count(model) == 1
+        model(torch.randn(1, 3, 64, 64))
+    assert recorder.outputs["graph"].requires_grad and recorder.outputs["graph"].dim() == 4
+    assert not recorder.outputs["out"].requires_grad and recorder.outputs["out"].dim() == 3
+    torch.testing.assert_close(recorder.outputs["out"], recorder.outputs["graph"].detach().mean(dim=1))
+    assert hook_count(model) == 0
