@@ -259,6 +259,7 @@ def run_bench(family: str | None = None, device: str | None = None, repeats: int
         files = ImageFiles(Path(tmp))
         pictures = [view.cam_grid, view.attention_grid, view.channels, *(img for img, _ in view.gallery)]
         out["encode_ms"] = timed(lambda: [files.save(p) for p in pictures], dev, repeats, warmup)
+        out["view_bytes"] = sum(Path(files.save(p)).stat().st_size for p in pictures)  # what a browser fetches
 
     images = batch_images(batch)
     explain_images(models, images[:16])  # warm-up at the batch shape
@@ -309,7 +310,7 @@ def format_table(r: dict) -> str:
     rows = [("compare_ms", r["compare_ms"], None), ("baseline_ms", r["baseline_ms"], None),
             ("rerender_ms", r["rerender_ms"], "≤ 50"), ("rerender_model_calls", r["rerender_model_calls"], "0"),
             ("cold_start_s", r["cold_start_s"], "≤ 10"), ("images_per_s", r["images_per_s"], None),
-            ("encode_ms", r.get("encode_ms"), None),
+            ("encode_ms", r.get("encode_ms"), None), ("view_bytes", r.get("view_bytes"), None),
             ("capture_over_forward", r["capture_over_forward"], "≤ 1.10"),
             ("compare_over_fwdbwd", r["compare_over_fwdbwd"], "≤ 2.0"),
             ("compare_over_baseline", r["compare_over_baseline"], "≤ 0.5")]
@@ -320,6 +321,8 @@ def format_table(r: dict) -> str:
             key = f"images_per_s ({r['batch_images']} images)"
         if key == "encode_ms":
             key = "encode_ms (app only: the view's JPEG files)"
+        if key == "view_bytes":
+            key = "view_bytes (those files, all stages)"
         lines.append(f"| {key} | {shown} | {target or ''} |")
     if r.get("breakdown_ms"):
         total = sum(r["breakdown_ms"].values())

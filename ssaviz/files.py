@@ -31,8 +31,9 @@ class ImageFiles:
         if image is None:
             return None
         buf = io.BytesIO()
-        # JPEG: encodes several times faster than WebP or PNG at this quality, and overlays are photos.
-        image.save(buf, self.fmt, **({"quality": 90} if self.fmt in ("jpeg", "webp") else {}))
+        # JPEG: encodes several times faster than WebP or PNG, and overlays are photos. Quality 85 keeps
+        # the smooth heat maps intact and sends about a quarter fewer bytes per view than 90.
+        image.save(buf, self.fmt, **({"quality": 85} if self.fmt in ("jpeg", "webp") else {}))
         data = buf.getvalue()
         suffix = "jpg" if self.fmt == "jpeg" else self.fmt
         path = self.directory / f"{hashlib.sha1(data).hexdigest()}.{suffix}"
