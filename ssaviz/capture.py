@@ -185,8 +185,9 @@ def capture_attention(model: nn.Module, x: torch.Tensor, attention: str | None =
         count_model_call()
     out = recorder.outputs
 
-    order = plan.record_order(block_activations)
-    values = dict(zip(order, [out[k] for k in order] if on_cpu else _arrays(out, order)))
+    # On the CPU the hooks left NumPy arrays already; elsewhere they come over in one transfer.
+    values = out if on_cpu else dict(zip(plan.record_order(block_activations),
+                                         _arrays(out, plan.record_order(block_activations))))
     blocks: dict[str, list[BlockMaps]] = {}
     n = x.shape[0]
     for stage, names in plan.blocks.items():
