@@ -81,6 +81,11 @@ class _Plan:
     _records: dict = field(default_factory=dict, repr=False)  # built once per kind of pass
     _orders: dict = field(default_factory=dict, repr=False)
 
+    def __post_init__(self):
+        # stage -> [(block, its activation's name, spatial map's, channel vector's)]: looked up per capture
+        self.keys = {stage: [(b, f"{b}:out", f"{b}:spatial", f"{b}:channel") for b in names]
+                     for stage, names in self.blocks.items()}
+
     def targets(self, block_activations: bool) -> dict[str, nn.Module]:
         extra = self.inner_outputs if block_activations else {}
         return {**self.attention_targets, **self.stage_outputs, **extra}
@@ -190,16 +195,15 @@ def capture_attention(model: nn.Module, x: torch.Tensor, attention: str | None =
                                          _arrays(out, plan.record_order(block_activations))))
     blocks: dict[str, list[BlockMaps]] = {}
     n = x.shape[0]
-    for stage, names in plan.blocks.items():
+    for stage, keys in plan.keys.items():
         # Every block of a stage has the shape of its last (the first block does the downsampling).
-        _, c = values[f"{names[-1]}:out"]
-        h, w = values[f"{names[-1]}:out"][0].shape[1:]
-        blocks[stage] = []
-        for b in names:
-            activation = values.get(f"{b}:out", (None,))[0]
-            spatial = values[f"{b}:spatial"].reshape(n, h, w) if plan.spatial else None
-            channel = values[f"{b}:channel"].reshape(n, c) if plan.channel else None
-            blocks[stage].append(BlockMaps(b, (c, h, w), activation, spatial, channel))
+        last, c = values[keys[-1][1]]
+        h, w = last.shape[1:]
+        blocks[stage] = [
+            BlockMaps(b, (c, h, w), values[out_key][0] if out_key in values else None,
+                      values[spatial_key].reshape(n, h, w) if plan.spatial else None,
+                      values[channel_key].reshape(n, c) if plan.channel else None)
+            for b, out_key, spatial_key, channel_key in keys]
     capture = Capture(attention, logits.detach(), blocks)
     if keep_graph:
         capture.graph_logits = logits
