@@ -59,10 +59,7 @@ def timed_together(fns, device: torch.device, repeats: int, warmup: int, min_sec
     start = time.perf_counter()
     while len(times[0]) < repeats or time.perf_counter() - start < min_seconds:
         for fn, t in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            t.append((time.perf_counter() - t0) * 1000)
+            t.append(_time_once(fn, device))
     return [statistics.median(t) for t in times]
 
 
@@ -107,7 +104,7 @@ def compare_breakdown(service, family: str, models, dev: torch.device, repeats: 
     from .resnet import STAGES
     from .service import Service, predictions_table
 
-    key, cached = service.compare(BENCH_IMAGE, family)
+    _, cached = service.compare(BENCH_IMAGE, family)
     expl, small = cached.explanation, cached.thumbnail(224)
     image = load_image(BENCH_IMAGE)
     parts = {

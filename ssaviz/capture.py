@@ -191,8 +191,11 @@ def capture_attention(model: nn.Module, x: torch.Tensor, attention: str | None =
     out = recorder.outputs
 
     # On the CPU the hooks left NumPy arrays already; elsewhere they come over in one transfer.
-    values = out if on_cpu else dict(zip(plan.record_order(block_activations),
-                                         _arrays(out, plan.record_order(block_activations))))
+    if on_cpu:
+        values = out
+    else:
+        order = plan.record_order(block_activations)
+        values = dict(zip(order, _arrays(out, order)))
     blocks: dict[str, list[BlockMaps]] = {}
     n = x.shape[0]
     for stage, keys in plan.keys.items():

@@ -296,14 +296,6 @@ def _agg_to_image(canvas) -> Image.Image:
     return Image.frombuffer("RGBA", (w, h), canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
 
 
-def figure_to_image(fig) -> Image.Image:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return _agg_to_image(canvas)
-
-
 def render_grid(expl: Explanation, kind: str = "cam", stages: tuple[str, ...] = STAGES,
                 cmap: str = "jet", alpha: float = 0.5, mode: str = "map", cell: int = 256,
                 models_as_columns: bool = False, base: Image.Image | None = None) -> Image.Image:

@@ -236,14 +236,15 @@ class Service:
                 add_block_activations(model, result)
         gallery, lines = [], [f"### {result.name} ({result.title})", "", formula(result.attention), "",
                               "| block | output C×H×W | spatial map | channel weights |", "|---|---|---|---|"]
-        from .render import overlay
+        from .render import overlay_array
 
+        base = np.asarray(cached.display)  # one array for every block's overlay
         for stage in STAGES:
             for block in result.blocks[stage]:
                 c, h, w = block.shape
                 shown = block.spatial if block.spatial is not None else block.activation
                 what = "saW" if result.attention == "ssa" else "spatial map" if block.spatial is not None else "activation"
-                img = overlay(cached.display, shown, float(shown.min()), float(shown.max()), cmap, alpha)
+                img = Image.fromarray(overlay_array(base, shown, float(shown.min()), float(shown.max()), cmap, alpha))
                 gallery.append((img, f"{block.name} · {c}×{h}×{w} · {what}"))
                 sp = (f"{_range(block.spatial)}" if block.spatial is not None
                       else f"none (activation {_range(block.activation)})")
